@@ -1,0 +1,18 @@
+"""One training engine for central, federated and simulated training."""
+
+from shared.engine.device import configure_threads, resolve_device
+from shared.engine.evaluator import evaluate
+from shared.engine.optim import build_optimizer, build_scheduler
+from shared.engine.trainer import EpochStats, Trainer, TrainResult, unwrap_model
+
+__all__ = [
+    "EpochStats",
+    "TrainResult",
+    "Trainer",
+    "build_optimizer",
+    "build_scheduler",
+    "configure_threads",
+    "evaluate",
+    "resolve_device",
+    "unwrap_model",
+]

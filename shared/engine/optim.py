@@ -1,0 +1,68 @@
+"""Optimiser and learning-rate schedule registries (name -> builder)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from shared.config import ConfigError, TrainConfig
+
+OptimizerBuilder = Callable[[Iterable[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.learning_rate, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.learning_rate, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: torch.optim.SGD(
+        p, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+}
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """Build the optimiser named by ``config.optimizer`` over ``params``."""
+    try:
+        builder = OPTIMIZERS[config.optimizer]
+    except KeyError:
+        raise ConfigError(
+            f"config key 'optimizer': unknown {config.optimizer!r}; "
+            f"choose one of {sorted(OPTIMIZERS)}"
+        ) from None
+    return builder([p for p in params if p.requires_grad], config)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _constant(step: int, total: int, warmup: int) -> float:
+    return (step + 1) / max(1, warmup) if step < warmup else 1.0
+
+
+SCHEDULES: dict[str, Callable[[int, int, int], float]] = {
+    "cosine": _cosine,
+    "constant": _constant,
+}
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR multiplier from ``config.lr_schedule`` with linear warm-up."""
+    try:
+        fn = SCHEDULES[config.lr_schedule]
+    except KeyError:
+        raise ConfigError(
+            f"config key 'lr-schedule': unknown {config.lr_schedule!r}; "
+            f"choose one of {sorted(SCHEDULES)}"
+        ) from None
+    warmup = config.warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: fn(s, max(1, total_steps), warmup)
+    )

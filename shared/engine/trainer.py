@@ -1,0 +1,302 @@
+"""The one training loop used by central training, the Flower client and simulations.
+
+The loop is deliberately agnostic of differential privacy: the privacy layer hands it
+an Opacus-wrapped model, optimiser and Poisson data loader, and the same code runs.
+The model's loss is a vector with one entry per image; the loop backpropagates its
+mean (Opacus is configured with ``loss_reduction="mean"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from shared.config import TrainConfig
+from shared.data.collate import Batch
+from shared.engine.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside an Opacus ``GradSampleModule`` (or the model itself)."""
+    return getattr(model, "_module", model)
+
+
+@dataclass
+class EpochStats:
+    """Mean per-image loss terms and throughput of one epoch."""
+
+    epoch: int
+    loss: float = 0.0
+    cls: float = 0.0
+    reg: float = 0.0
+    seg: float = 0.0
+    images: int = 0
+    steps: int = 0
+    empty_batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainResult:
+    """What a call to :meth:`Trainer.fit` did."""
+
+    epochs: list[EpochStats] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+    @property
+    def num_examples(self) -> int:
+        return sum(e.images for e in self.epochs)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat scalars of the last epoch (for Flower replies and logs)."""
+        if not self.epochs:
+            return {"train-seconds": self.seconds}
+        last = self.epochs[-1]
+        return {
+            "train-loss": last.loss,
+            "train-loss-cls": last.cls,
+            "train-loss-reg": last.reg,
+            "train-loss-seg": last.seg,
+            "train-images": float(self.num_examples),
+            "train-seconds": self.seconds,
+            "train-images-per-s": last.images_per_second,
+        }
+
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Batch, torch.Tensor], Any]
+
+
+def default_loss_fn(alpha_seg: float) -> LossFn:
+    """The improved SSD's per-image loss (imported lazily: shared.model owns it)."""
+    from shared.model import compute_loss
+
+    def loss_fn(outputs: Mapping[str, torch.Tensor], batch: Batch, anchors: torch.Tensor):
+        return compute_loss(outputs, batch, anchors, alpha_seg=alpha_seg)
+
+    return loss_fn
+
+
+class Trainer:
+    """Runs epochs over a loader; owns optimiser, schedule, AMP and checkpoints.
+
+    Args:
+        model: the improved SSD, or an Opacus ``GradSampleModule`` around it.
+        config: engine settings (epochs, optimiser, schedule, clipping...).
+        device: where to train; batches are moved there.
+        optimizer: pass one (e.g. an Opacus ``DPOptimizer``) or let the trainer build it.
+        total_steps: length of the LR schedule; defaults to epochs x len(loader).
+        loss_fn: ``(outputs, batch, anchors) -> LossOutput`` with per-image vectors.
+        on_empty_batch: called for a batch with zero images (Poisson sampling);
+            the privacy layer uses it to keep its accounting and noise honest.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        device: torch.device,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        loss_fn: LossFn | None = None,
+        on_empty_batch: Callable[[], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.optimizer = optimizer or build_optimizer(model.parameters(), config)
+        self.scheduler = scheduler
+        self.loss_fn = loss_fn or default_loss_fn(config.alpha_seg)
+        self.on_empty_batch = on_empty_batch
+        self.progress = progress
+        self.use_amp = bool(config.amp and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.global_step = 0
+        self._reference: list[tuple[nn.Parameter, torch.Tensor]] | None = None
+
+    # -- FedProx -----------------------------------------------------------------
+    def set_proximal_reference(self) -> None:
+        """Freeze a copy of the current trainable weights as the FedProx anchor."""
+        self._reference = [
+            (p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad
+        ]
+
+    def _proximal_term(self) -> torch.Tensor | None:
+        mu = self.config.proximal_mu
+        if mu <= 0 or not self._reference:
+            return None
+        total = sum(((p - ref) ** 2).sum() for p, ref in self._reference)
+        return 0.5 * mu * total
+
+    # -- training ----------------------------------------------------------------
+    def fit(
+        self,
+        loader: Iterable[Batch],
+        *,
+        epochs: int | None = None,
+        checkpoint_dir: Path | None = None,
+        resume: bool = True,
+        desc: str = "train",
+    ) -> TrainResult:
+        """Train for ``epochs`` (default ``config.epochs``), checkpointing each epoch.
+
+        With ``checkpoint_dir`` and ``resume``, an existing checkpoint there restores
+        model, optimiser, schedule and epoch counter, and training continues after it.
+        """
+        epochs = epochs or self.config.epochs
+        steps_per_epoch = self._steps_per_epoch(loader)
+        if self.scheduler is None:
+            self.scheduler = build_scheduler(
+                self.optimizer, self.config, epochs * max(1, steps_per_epoch)
+            )
+        start_epoch = 0
+        ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
+        if ckpt is not None and resume and ckpt.exists():
+            start_epoch = self.load_checkpoint(ckpt)
+            log.info("resuming from %s after epoch %d", ckpt, start_epoch)
+        result = TrainResult(resumed_from_epoch=start_epoch)
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, epochs):
+            stats = self.train_epoch(loader, epoch=epoch, steps=steps_per_epoch, desc=desc)
+            result.epochs.append(stats)
+            log.info(
+                "%s epoch %d/%d: loss %.4f (cls %.4f reg %.4f seg %.4f), %d images, %.1f img/s",
+                desc, epoch + 1, epochs, stats.loss, stats.cls, stats.reg, stats.seg,
+                stats.images, stats.images_per_second,
+            )
+            if ckpt is not None:
+                self.save_checkpoint(ckpt, epoch=epoch + 1)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _steps_per_epoch(self, loader: Iterable[Batch]) -> int:
+        try:
+            n = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            n = 0
+        if self.config.max_steps > 0:
+            n = min(n, self.config.max_steps) if n else self.config.max_steps
+        return n
+
+    def train_epoch(
+        self, loader: Iterable[Batch], *, epoch: int = 0, steps: int = 0, desc: str = "train"
+    ) -> EpochStats:
+        """One pass over ``loader`` (at most ``config.max_steps`` steps when set)."""
+        self.model.train()
+        stats = EpochStats(epoch=epoch)
+        sums = torch.zeros(4, dtype=torch.float64)
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=steps or None, desc=f"{desc} {epoch + 1}", disable=not self.progress,
+            leave=False, unit="batch",
+        )
+        for i, batch in enumerate(loader):
+            if self.config.max_steps and i >= self.config.max_steps:
+                break
+            n = len(batch)
+            if n == 0:
+                stats.empty_batches += 1
+                if self.on_empty_batch is not None:
+                    self.on_empty_batch()
+                bar.update(1)
+                continue
+            parts = self.train_step(batch)
+            sums += torch.tensor(parts, dtype=torch.float64) * n
+            stats.images += n
+            stats.steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts[0]:.3f}")
+        bar.close()
+        stats.seconds = time.perf_counter() - t0
+        if stats.images:
+            stats.loss, stats.cls, stats.reg, stats.seg = (sums / stats.images).tolist()
+        return stats
+
+    def train_step(self, batch: Batch) -> tuple[float, float, float, float]:
+        """Forward, per-image loss, backward, (clip), step; returns mean loss terms."""
+        batch = batch.to(self.device, non_blocking=True)
+        anchors = unwrap_model(self.model).anchors.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+            outputs = self.model(batch.images)
+            losses = self.loss_fn(outputs, batch, anchors)
+        loss = losses.total.float().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step}: {loss.item()}; "
+                "lower the learning rate or check the input data"
+            )
+        prox = self._proximal_term()
+        objective = loss + prox if prox is not None else loss
+        self.scaler.scale(objective).backward()
+        if self.config.grad_clip > 0 and not _is_dp_optimizer(self.optimizer):
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.global_step += 1
+        return (
+            float(loss.detach()),
+            float(losses.cls.detach().float().mean()),
+            float(losses.reg.detach().float().mean()),
+            float(losses.seg.detach().float().mean()),
+        )
+
+    # -- checkpoints --------------------------------------------------------------
+    def save_checkpoint(self, path: Path, *, epoch: int) -> None:
+        """Atomically write model + optimiser + schedule + epoch to ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "train_config": dataclasses.asdict(self.config),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> int:
+        """Restore from ``path``; returns the number of finished epochs."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step = int(state.get("global_step", 0))
+        return int(state["epoch"])
+
+
+def _is_dp_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    # Opacus clips per sample; a second, global clip would distort its noise scale.
+    return hasattr(optimizer, "noise_multiplier") and hasattr(optimizer, "max_grad_norm")
