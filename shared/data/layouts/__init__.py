@@ -1,0 +1,31 @@
+"""One scanner per accepted site layout; each returns a validated :class:`SiteIndex`."""
+
+from ._base import (
+    BOX_TOLERANCE_PX,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    SiteDataError,
+    boxes_from_mask,
+    read_image,
+    read_mask,
+)
+from .coco import decode_segmentation, scan_coco
+from .kvasir import scan_kvasir
+from .manifest import scan_manifest
+
+LAYOUTS = {"kvasir": scan_kvasir, "coco": scan_coco, "manifest": scan_manifest}
+
+__all__ = [
+    "BOX_TOLERANCE_PX",
+    "IMAGE_EXTENSIONS",
+    "LAYOUTS",
+    "ImageReadError",
+    "SiteDataError",
+    "boxes_from_mask",
+    "decode_segmentation",
+    "read_image",
+    "read_mask",
+    "scan_coco",
+    "scan_kvasir",
+    "scan_manifest",
+]

@@ -1,0 +1,150 @@
+"""Kvasir-SEG style sites: ``images/``, ``masks/`` and an optional bounding-box JSON.
+
+Folder::
+
+    root/
+      images/<stem>.{jpg,png,bmp,tif}     RGB frames
+      masks/<stem>.{jpg,png,bmp,tif}      optional binary masks, same size (> 127 = lesion)
+      *bboxes*.json                       optional, {stem: {height, width,
+                                          bbox: [{label, xmin, ymin, xmax, ymax}]}}
+      manifest.csv                        optional metadata: image, mask, label,
+                                          morphology, split, patient_id, lesion_id
+
+Boxes come from the JSON when it has an entry for the stem, else from the mask's
+connected components (labelled with the manifest ``label`` or ``"lesion"``).
+Images without mask and without JSON boxes have no lesion.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..sample import DataReport, SiteIndex
+from ._base import (
+    MANIFEST_NAME,
+    Candidate,
+    SiteDataError,
+    build_index,
+    clean_str,
+    index_by_stem,
+    list_images,
+    load_json,
+    normalize_split,
+    read_manifest,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _parse_bbox_entry(entry: Any) -> tuple[np.ndarray, list[str], tuple[int, int] | None]:
+    """One ``kavsir_bboxes.json`` value -> (boxes, labels, (H, W) or None)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("bbox", []), list):
+        raise ValueError("entry is not {height, width, bbox: [...]}")
+    boxes, labels = [], []
+    for b in entry.get("bbox", []):
+        try:
+            boxes.append([float(b[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"box {b!r} lacks numeric xmin/ymin/xmax/ymax") from exc
+        labels.append(clean_str(b.get("label")) or "lesion")
+    size = None
+    if "height" in entry and "width" in entry:
+        try:
+            size = (int(entry["height"]), int(entry["width"]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError("height/width are not integers") from exc
+    return np.asarray(boxes, np.float32).reshape(-1, 4), labels, size
+
+
+def _load_bbox_json(root: Path, report: DataReport) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for path in sorted(root.glob("*bboxes*.json")):
+        data = load_json(path, report)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            report.add_problem(path, "malformed bbox JSON: expected an object {stem: {...}}")
+            log.warning("%s", report.problems[-1])
+            continue
+        for stem, entry in data.items():
+            entries.setdefault(str(stem), (path, entry))
+    return entries
+
+
+def manifest_rows_by_stem(
+    root: Path, report: DataReport, existing: set[Path] | None = None
+) -> dict[str, dict[str, str | None]]:
+    """Per-image metadata from ``root/manifest.csv`` keyed by image stem (first row wins).
+
+    Rows whose image is not in ``existing`` (when given) are reported as problems.
+    """
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    df = read_manifest(path, report)
+    if df is None:
+        return {}
+    out: dict[str, dict[str, str | None]] = {}
+    for i, row in enumerate(df.to_dict("records")):
+        image = clean_str(row.get("image"))
+        if image is None:
+            report.add_problem(f"{path}:{i + 2}", "manifest row without an image")
+            continue
+        img_path = resolve(root, image)
+        if existing is not None and img_path.resolve() not in existing:
+            report.add_problem(f"{path}:{i + 2}", f"image file not found: {image}")
+            log.warning("%s", report.problems[-1])
+            continue
+        out.setdefault(img_path.stem, {k: clean_str(v) for k, v in row.items()})
+    return out
+
+
+def scan_kvasir(
+    root: Path, *, site: str | None = None, class_names: list[str] | None = None
+) -> SiteIndex:
+    """Scan a Kvasir-SEG style folder (see module docstring)."""
+    root = Path(root)
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise SiteDataError(f"{root}: the Kvasir-SEG layout needs an images/ folder")
+    report = DataReport(root=str(root), layout="kvasir")
+    images = list_images(images_dir)
+    masks = index_by_stem(list_images(root / "masks"))
+    bboxes = _load_bbox_json(root, report)
+    meta = manifest_rows_by_stem(root, report, existing={p.resolve() for p in images})
+
+    candidates: list[Candidate] = []
+    for img in images:
+        row = meta.get(img.stem, {})
+        cand = Candidate(
+            image_path=img,
+            mask_path=masks.get(img.stem),
+            label=row.get("label"),
+            morphology=row.get("morphology") or "",
+            patient_id=row.get("patient_id"),
+            lesion_id=row.get("lesion_id"),
+            split=normalize_split(row.get("split")),
+        )
+        if row.get("mask"):
+            cand.mask_path = resolve(root, row["mask"])
+            if not cand.mask_path.is_file():
+                report.images_found += 1
+                report.add_problem(img, f"mask file not found: {row['mask']}")
+                log.warning("skipped %s", report.problems[-1])
+                continue
+        if img.stem in bboxes:
+            json_path, entry = bboxes[img.stem]
+            try:
+                cand.boxes, cand.box_labels, cand.expected_size = _parse_bbox_entry(entry)
+            except ValueError as exc:
+                report.images_found += 1
+                report.add_problem(img, f"{json_path.name}: {exc}")
+                log.warning("skipped %s", report.problems[-1])
+                continue
+        candidates.append(cand)
+    return build_index(root, "kvasir", candidates, report, site=site, class_names=class_names)
