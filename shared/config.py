@@ -117,7 +117,11 @@ class DataConfig:
     split_seed: int = 0
     augment: bool = True
     workers: int = 0
-    class_names: tuple[str, ...] = ()
+    # The run's lesion classes (label i+1 = class_names[i]); a site's own class names
+    # must be among them, and with a single class every lesion maps to it.
+    class_names: tuple[str, ...] = ("lesion",)
+    # Morphology vocabulary for the localisation table (unknown ones count as -1).
+    morphology_names: tuple[str, ...] = ("protruding", "flat", "depressed", "sessile")
 
     def validate(self) -> None:
         if self.image_size < 32:
@@ -219,6 +223,7 @@ class FederationConfig:
     run_name: str = "default"
     runs_dir: Path = Path("runs")
     server_learning_rate: float = 0.1
+    round_timeout: float = 3600.0
     eval_data_path: Path | None = None
 
     def validate(self) -> None:

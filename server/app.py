@@ -1,0 +1,24 @@
+"""The EndoFed ServerApp (coordinating center)."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.loop import FederatedRun
+from shared.config import EndoFedConfig
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run (or resume) the federated study described by the run config."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = EndoFedConfig.from_flower(context.run_config)
+    run_dir = FederatedRun(cfg, grid, run_config=dict(context.run_config)).run()
+    log.info("EndoFed run finished: %s", run_dir)

@@ -1,0 +1,59 @@
+"""Exact global metrics from the sites' additive evaluation sums.
+
+Each evaluate reply carries the site's ``MetricAccumulator`` state (an ArrayRecord of
+count arrays) and its example count; summing the states gives the same accumulator the
+center would have filled had it seen all images itself, so global AUC, mAP, confusion
+matrix and localisation table are exact rather than averages of site metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+
+from server.replies import site_of
+from shared.metrics import MetricAccumulator, flat_scalars
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "metric-state"
+
+
+def merge_evaluation_replies(
+    replies: Iterable[Message], *, class_names: list[str], morphology_names: list[str]
+) -> dict[str, Any]:
+    """Per-site and merged metrics from evaluate replies (errors are logged and skipped)."""
+    total = MetricAccumulator(class_names=class_names, morphology_names=morphology_names)
+    site_scalars: dict[str, dict[str, float]] = {}
+    used = 0
+    for msg in replies:
+        site = site_of(msg)
+        if msg.has_error():
+            log.warning("evaluate reply from %s failed: %s", site, msg.error.reason)
+            continue
+        if STATE_KEY not in msg.content.array_records:
+            log.warning("evaluate reply from %s carries no metric state; skipped", site)
+            continue
+        state = {k: v.numpy() for k, v in msg.content[STATE_KEY].items()}
+        try:
+            acc = MetricAccumulator.from_state(
+                state, class_names=class_names, morphology_names=morphology_names
+            )
+        except (KeyError, ValueError) as exc:
+            log.warning("evaluate reply from %s has an invalid metric state: %s", site, exc)
+            continue
+        site_scalars[site] = flat_scalars(acc.compute())
+        total.merge(acc)
+        used += 1
+    if used == 0:
+        return {"site_scalars": site_scalars, "global_scalars": {}, "global_metrics": None}
+    metrics = total.compute()
+    return {
+        "site_scalars": site_scalars,
+        "global_scalars": flat_scalars(metrics),
+        "global_metrics": metrics,
+        "sites_evaluated": used,
+    }

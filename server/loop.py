@@ -1,0 +1,217 @@
+"""The coordinating center's round loop: train, screen, aggregate, evaluate, checkpoint.
+
+Flower's ``Strategy.start`` has no resume and no per-round hook, so the loop below
+drives the strategy's own ``configure_*`` / ``aggregate_train`` methods round by
+round, which lets it (a) screen every reply before aggregation, (b) merge the sites'
+additive evaluation sums into exact global metrics, and (c) checkpoint after every
+round and continue from the last one when the same run name is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from server.evaluation import merge_evaluation_replies
+from server.replies import METRICS_KEY, screen_train_replies, site_of
+from server.report import render_run_report
+from server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
+from server.strategies import build_strategy, load_strategy_state, strategy_state
+from shared.config import ConfigError, EndoFedConfig
+from shared.model import build_model, load_trainable_state, save_checkpoint, trainable_state
+
+log = logging.getLogger(__name__)
+
+
+def to_arrayrecord(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_arrayrecord(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+class FederatedRun:
+    """One federated study, resumable by run name."""
+
+    def __init__(self, cfg: EndoFedConfig, grid: Grid, *, run_config: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.run_config = dict(run_config)
+        self.run_dir = Path(cfg.federation.runs_dir).expanduser().resolve() / (
+            cfg.federation.run_name
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model = build_model(
+            preset=cfg.model.preset,
+            num_classes=len(cfg.data.class_names),
+            image_size=cfg.data.image_size,
+            weights_path=cfg.model.weights_path,
+            finetune=cfg.model.finetune,
+        )
+        initial = {k: v.detach().cpu().numpy() for k, v in trainable_state(self.model).items()}
+        self.expected_shapes = {k: tuple(v.shape) for k, v in initial.items()}
+        state = load_run_state(self.run_dir)
+        if state is not None:
+            self._check_compatible(state, initial)
+            log.info(
+                "resuming run %s from its checkpoint after round %d",
+                cfg.federation.run_name, state.round,
+            )
+        else:
+            state = RunState(round=0, arrays=initial, run_config=self.run_config)
+        self.state = state
+        self.strategy = build_strategy(cfg, to_arrayrecord(state.arrays))
+        if state.strategy_state:
+            load_strategy_state(self.strategy, state.strategy_state)
+
+    def _check_compatible(self, state: RunState, initial: dict[str, np.ndarray]) -> None:
+        shapes = {k: tuple(v.shape) for k, v in state.arrays.items()}
+        if shapes != self.expected_shapes:
+            raise ConfigError(
+                f"run directory {self.run_dir} holds a checkpoint of a different model "
+                f"(preset/classes/fine-tuning changed); choose another 'run-name' or "
+                "delete that directory"
+            )
+
+    # ------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run the remaining rounds; returns the run directory."""
+        total = self.cfg.federation.num_server_rounds
+        arrays = to_arrayrecord(self.state.arrays)
+        if self.state.round >= total:
+            log.info("run %s already finished %d rounds", self.cfg.federation.run_name, total)
+        for server_round in range(self.state.round + 1, total + 1):
+            t0 = time.perf_counter()
+            log.info("[ROUND %d/%d]", server_round, total)
+            arrays, train_rows = self._train_round(server_round, arrays)
+            eval_rows = self._evaluate_round(server_round, arrays)
+            self._record_round(server_round, arrays, train_rows, eval_rows,
+                               time.perf_counter() - t0)
+        self._finish(arrays)
+        return self.run_dir
+
+    def _base_config(self, server_round: int) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                "server-round": server_round,
+                "num-server-rounds": self.cfg.federation.num_server_rounds,
+            }
+        )
+
+    def _train_round(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[ArrayRecord, dict[str, dict[str, float]]]:
+        messages = list(
+            self.strategy.configure_train(
+                server_round, arrays, self._base_config(server_round), self.grid
+            )
+        )
+        replies = list(
+            self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        )
+        valid, screened = screen_train_replies(replies, self.expected_shapes)
+        rows: dict[str, dict[str, float]] = {}
+        for msg in valid:
+            rows[site_of(msg)] = {
+                k: float(v) for k, v in msg.content[METRICS_KEY].items()
+                if not isinstance(v, list)
+            }
+        for item in screened:
+            rows.setdefault(item.site, {})["declined" if item.declined else "rejected"] = 1.0
+            self.state.events.append(
+                {"round": server_round, "site": item.site, "node": item.node_id,
+                 "event": "declined" if item.declined else "rejected", "reason": item.reason}
+            )
+        missing = len(messages) - len(replies)
+        if missing > 0:
+            log.warning("round %d: %d of %d sites did not reply in time",
+                        server_round, missing, len(messages))
+        if len(valid) < max(1, self.cfg.federation.min_train_nodes):
+            log.warning(
+                "round %d: only %d usable updates (< min-train-nodes=%d); "
+                "keeping the previous global model",
+                server_round, len(valid), self.cfg.federation.min_train_nodes,
+            )
+            return arrays, rows
+        new_arrays, agg_metrics = self.strategy.aggregate_train(server_round, valid)
+        if new_arrays is None:
+            log.warning("round %d: strategy returned no aggregate", server_round)
+            return arrays, rows
+        rows["global"] = {k: float(v) for k, v in (agg_metrics or {}).items()
+                          if not isinstance(v, list)}
+        rows["global"]["sites-aggregated"] = float(len(valid))
+        return new_arrays, rows
+
+    def _evaluate_round(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
+        if self.cfg.federation.fraction_evaluate <= 0:
+            return {}
+        messages = list(
+            self.strategy.configure_evaluate(
+                server_round, arrays, self._base_config(server_round), self.grid
+            )
+        )
+        replies: list[Message] = list(
+            self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        )
+        return merge_evaluation_replies(
+            replies,
+            class_names=list(self.cfg.data.class_names),
+            morphology_names=list(self.cfg.data.morphology_names),
+        )
+
+    def _record_round(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        train_rows: dict[str, dict[str, float]],
+        evaluation: dict[str, Any],
+        seconds: float,
+    ) -> None:
+        site_scalars: dict[str, dict[str, float]] = evaluation.get("site_scalars", {})
+        sites = sorted(set(train_rows) | set(site_scalars) | {"global"})
+        for site in sites:
+            row: dict[str, Any] = {"round": server_round, "site": site}
+            row.update(train_rows.get(site, {}))
+            if site == "global":
+                row.update(evaluation.get("global_scalars", {}))
+                row["round-seconds"] = seconds
+            else:
+                row.update(site_scalars.get(site, {}))
+            self.state.history.append(row)
+        if evaluation.get("global_metrics") is not None:
+            write_round_metrics(self.run_dir, server_round, evaluation["global_metrics"])
+        self.state.round = server_round
+        self.state.arrays = from_arrayrecord(arrays)
+        self.state.strategy_state = strategy_state(self.strategy)
+        save_run_state(self.run_dir, self.state)
+        g = evaluation.get("global_scalars", {})
+        log.info(
+            "round %d done in %.1fs: map50=%s dice=%s auc=%s", server_round, seconds,
+            _fmt(g.get("map50")), _fmt(g.get("dice")), _fmt(g.get("auc")),
+        )
+
+    def _finish(self, arrays: ArrayRecord) -> None:
+        load_trainable_state(
+            self.model, {k: torch.from_numpy(v) for k, v in from_arrayrecord(arrays).items()}
+        )
+        save_checkpoint(
+            self.run_dir / "final_model.pt",
+            self.model,
+            extra={"class_names": list(self.cfg.data.class_names),
+                   "run_name": self.cfg.federation.run_name,
+                   "rounds": self.state.round},
+        )
+        render_run_report(self.run_dir)
+        log.info("run report: %s", self.run_dir / "report.md")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,91 @@
+"""The run report: final global metrics, per-round curves, per-site bars, privacy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from shared.metrics.report import plot_metric_curves, plot_site_bars, write_evaluation_report
+
+log = logging.getLogger(__name__)
+
+CURVE_METRICS = ["map50", "map", "dice", "auc", "sensitivity", "specificity", "train-loss"]
+
+
+def _latest_round_metrics(run_dir: Path) -> tuple[int, dict] | None:
+    files = sorted((run_dir / "rounds").glob("round_*.json"))
+    if not files:
+        return None
+    path = files[-1]
+    return int(path.stem.split("_")[1]), json.loads(path.read_text())
+
+
+def _markdown_table(df: pd.DataFrame, float_fmt: str = "{:.4f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append(float_fmt.format(v) if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_run_report(run_dir: Path) -> Path:
+    """(Re-)write ``report.md`` and its PNGs from what the run directory holds."""
+    run_dir = Path(run_dir)
+    csv = run_dir / "metrics.csv"
+    if not csv.exists():
+        raise FileNotFoundError(
+            f"{csv} not found: is {run_dir} an EndoFed run directory (runs/<run-name>)?"
+        )
+    df = pd.read_csv(csv)
+    sections: dict[str, str] = {}
+    latest = _latest_round_metrics(run_dir)
+    metrics = latest[1] if latest else {}
+
+    curves = [m for m in CURVE_METRICS if m in df.columns]
+    if curves:
+        plot_metric_curves(df, curves, run_dir / "rounds.png")
+        sections["Per-round curves"] = "![per-round metrics](rounds.png)"
+
+    last_round = int(df["round"].max()) if not df.empty else 0
+    sites = df[(df["round"] == last_round) & (df["site"] != "global")]
+    site_cols = [c for c in ("num-examples", "map50", "dice", "auc", "sensitivity",
+                             "specificity", "train-loss", "epsilon-spent", "epsilon-target")
+                 if c in sites.columns]
+    if not sites.empty and site_cols:
+        sections["Per-site metrics (last round)"] = _markdown_table(
+            sites[["site"] + site_cols].reset_index(drop=True)
+        )
+        bar_metric = next((m for m in ("map50", "dice", "auc") if m in sites.columns), None)
+        if bar_metric:
+            plot_site_bars(df, bar_metric, run_dir / "sites.png")
+            sections["Per-site metrics (last round)"] += "\n\n![per-site](sites.png)"
+
+    if "epsilon-spent" in df.columns:
+        eps = df[df["site"] != "global"].pivot_table(
+            index="round", columns="site", values="epsilon-spent"
+        )
+        if not eps.empty:
+            plot_metric_curves(
+                df[df["site"] != "global"], ["epsilon-spent"], run_dir / "epsilon.png",
+                by_site=True,
+            )
+            sections["Privacy: epsilon spent per site"] = (
+                _markdown_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"
+            )
+
+    for extra in ("audit.md", "events.md"):
+        p = run_dir / extra
+        if p.exists():
+            sections[extra.removesuffix(".md").capitalize()] = p.read_text()
+
+    title = f"EndoFed run {run_dir.name}: round {last_round}"
+    out = write_evaluation_report(metrics, run_dir, title=title, extra_sections=sections)
+    log.info("report written to %s", out)
+    return out
