@@ -1,0 +1,143 @@
+"""Joint image + boxes + mask augmentation with ``torchvision.transforms.v2``.
+
+The pipeline works on a dict sample (see :func:`to_tv_sample`)::
+
+    {"image": tv_tensors.Image uint8 (3, H, W),
+     "boxes": tv_tensors.BoundingBoxes XYXY (N, 4),
+     "mask": tv_tensors.Mask uint8 (1, H, W),
+     "labels": int64 (N,), "morphology": int64 (N,)}
+
+Every geometric transform moves the image, the boxes and the mask together;
+:class:`~torchvision.transforms.v2.SanitizeBoundingBoxes` then drops degenerate
+boxes together with their ``labels`` and ``morphology`` entries. Output: a float
+image resized to ``image_size x image_size`` and normalised with ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# zoom-out canvas colour: the ImageNet mean in uint8, i.e. 0 after normalisation
+_FILL_RGB = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
+
+
+def _labels_getter(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return tuple(sample[k] for k in ("labels", "morphology") if k in sample)
+
+
+def build_transforms(
+    image_size: int,
+    *,
+    train: bool,
+    hflip: float = 0.5,
+    vflip: float = 0.5,
+    rotation: float = 15.0,
+    rotation_p: float = 0.5,
+    zoom_out: float = 1.6,
+    zoom_out_p: float = 0.25,
+    zoom_in: float = 0.5,
+    zoom_in_p: float = 0.5,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.15,
+    hue: float = 0.02,
+    jitter_p: float = 0.8,
+    min_box_size: float = 2.0,
+    normalize: bool = True,
+) -> v2.Compose:
+    """The joint transform for training (``train=True``) or evaluation.
+
+    Training: colour jitter (lighting), horizontal/vertical flips, rotation by up to
+    ``rotation`` degrees, zoom out (canvas up to ``zoom_out`` times larger) and zoom in
+    (random crop keeping ``zoom_in..1`` of the area), each with its probability
+    (``*_p``); set a probability to 0 to disable a step. Both modes then resize to
+    ``image_size`` (square), drop boxes smaller than ``min_box_size`` px and
+    normalise (ImageNet mean/std) unless ``normalize=False``.
+    """
+    steps: list[v2.Transform] = []
+    if train:
+        if jitter_p > 0:
+            steps.append(
+                v2.RandomApply(
+                    [v2.ColorJitter(brightness=brightness, contrast=contrast,
+                                    saturation=saturation, hue=hue)],
+                    p=jitter_p,
+                )
+            )
+        if hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=hflip))
+        if vflip > 0:
+            steps.append(v2.RandomVerticalFlip(p=vflip))
+        if rotation > 0 and rotation_p > 0:
+            steps.append(
+                v2.RandomApply(
+                    [v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR)],
+                    p=rotation_p,
+                )
+            )
+        if zoom_out > 1 and zoom_out_p > 0:
+            steps.append(
+                v2.RandomZoomOut(
+                    fill={tv_tensors.Image: _FILL_RGB, "others": 0},
+                    side_range=(1.0, zoom_out),
+                    p=zoom_out_p,
+                )
+            )
+        if zoom_in < 1 and zoom_in_p > 0:
+            steps.append(
+                v2.RandomApply(
+                    [v2.RandomResizedCrop(image_size, scale=(zoom_in, 1.0),
+                                          ratio=(3 / 4, 4 / 3), antialias=True)],
+                    p=zoom_in_p,
+                )
+            )
+    steps += [
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_labels_getter),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if normalize:
+        steps.append(v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)))
+    return v2.Compose(steps)
+
+
+def to_tv_sample(
+    image: np.ndarray,
+    mask: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    morphology: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Wrap numpy arrays (HWC RGB uint8, HW bool, XYXY boxes) as a v2 dict sample."""
+    h, w = image.shape[:2]
+    img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    m = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None])
+    b = tv_tensors.BoundingBoxes(
+        torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+        format=tv_tensors.BoundingBoxFormat.XYXY,
+        canvas_size=(h, w),
+    )
+    n = b.shape[0]
+    morph = np.full(n, -1) if morphology is None else np.asarray(morphology)
+    return {
+        "image": img,
+        "boxes": b,
+        "mask": m,
+        "labels": torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(n),
+        "morphology": torch.as_tensor(morph, dtype=torch.int64).reshape(n),
+    }
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation: ``(..., 3, H, W)`` float back to ``[0, 1]``."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device)
+    return (images * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
