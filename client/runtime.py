@@ -1,0 +1,134 @@
+"""Per-process site state: data, datasets and model are built once and reused each round."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from client.site import SiteData, resolve_site
+from shared.config import EndoFedConfig
+from shared.data.collate import collate_detection
+from shared.data.dataset import DetectionDataset
+from shared.data.split import split_records
+from shared.engine import configure_threads, resolve_device
+from shared.model import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteRuntime:
+    """A site's data and model, kept for the lifetime of the client process."""
+
+    cfg: EndoFedConfig
+    site: SiteData
+    device: torch.device
+    model: torch.nn.Module
+    train_set: DetectionDataset
+    val_set: DetectionDataset
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. the privacy engine
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    def _loader(self, dataset: DetectionDataset, *, shuffle: bool) -> DataLoader:
+        collate = functools.partial(
+            collate_detection,
+            image_size=self.cfg.data.image_size,
+            max_boxes=self.cfg.data.max_boxes,
+        )
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.data.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.cfg.data.workers,
+            generator=generator,
+            drop_last=False,
+        )
+
+    def train_loader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_loader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+_RUNTIMES: dict[str, SiteRuntime] = {}
+
+
+def _key(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str:
+    blob = json.dumps([dict(run_config), dict(node_config)], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def get_site_runtime(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+) -> SiteRuntime:
+    """The cached runtime of this (run, node) pair, built on first use."""
+    key = _key(run_config, node_config)
+    rt = _RUNTIMES.get(key)
+    if rt is None:
+        rt = build_site_runtime(run_config, node_config)
+        _RUNTIMES[key] = rt
+    return rt
+
+
+def build_site_runtime(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+) -> SiteRuntime:
+    """Resolve the site's data, split it patient-aware, build datasets and model."""
+    cfg = EndoFedConfig.from_flower(run_config, node_config)
+    configure_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    site = resolve_site(cfg, node_config, run_config)
+    val = cfg.data.val_fraction
+    splits = split_records(site.records, fractions=(1.0 - val, val), seed=cfg.data.split_seed)
+    morph = list(cfg.data.morphology_names)
+    loader = _sample_loader(cfg)
+    train_set = DetectionDataset(
+        splits["train"], image_size=cfg.data.image_size, train=cfg.data.augment,
+        max_boxes=cfg.data.max_boxes, morphology_names=morph, loader=loader,
+    )
+    val_set = DetectionDataset(
+        splits["val"], image_size=cfg.data.image_size, train=False,
+        max_boxes=cfg.data.max_boxes, morphology_names=morph, loader=loader,
+    )
+    if len(train_set) == 0:
+        raise ValueError(
+            f"site {site.name}: no training images after the split "
+            f"({len(site.records)} usable images in total)"
+        )
+    model = build_model(
+        preset=cfg.model.preset,
+        num_classes=len(cfg.data.class_names),
+        image_size=cfg.data.image_size,
+        weights_path=cfg.model.weights_path,
+        finetune=cfg.model.finetune,
+    ).to(device)
+    log.info("site %s: %d train / %d val images on %s", site.name, len(train_set),
+             len(val_set), device)
+    return SiteRuntime(cfg=cfg, site=site, device=device, model=model,
+                       train_set=train_set, val_set=val_set)
+
+
+def _sample_loader(cfg: EndoFedConfig):
+    """The record -> Sample function: preprocessed through the site cache when enabled."""
+    from shared.data.site import load_sample
+
+    if not cfg.preprocess.preprocess:
+        return load_sample
+    from shared.preprocessing import site_sample_loader
+
+    return site_sample_loader(cfg)

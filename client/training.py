@@ -1,0 +1,89 @@
+"""Local training and evaluation of one round at a site (the single code path).
+
+Differential privacy plugs in through :data:`TRAINER_FACTORIES`: the privacy layer
+registers a factory that wraps model, optimiser and loader with Opacus and returns
+the same :class:`~shared.engine.Trainer`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.runtime import SiteRuntime
+from shared.engine import Trainer, evaluate
+from shared.metrics import MetricAccumulator
+from shared.model import load_trainable_state, trainable_state
+
+log = logging.getLogger(__name__)
+
+# (runtime, round config) -> (trainer, loader, extra reply metrics callback)
+TrainerFactory = Callable[
+    [SiteRuntime, Mapping[str, Any]],
+    tuple[Trainer, Any, Callable[[], dict[str, float]]],
+]
+
+
+def plain_trainer(
+    rt: SiteRuntime, round_config: Mapping[str, Any]
+) -> tuple[Trainer, Any, Callable[[], dict[str, float]]]:
+    """Non-private local training (optionally FedProx when the server sends a mu)."""
+    train_cfg = rt.cfg.train
+    mu = float(round_config.get("proximal-mu", 0.0) or 0.0)
+    if mu > 0:
+        train_cfg = dataclasses.replace(train_cfg, proximal_mu=mu)
+    trainer = Trainer(rt.model, train_cfg, device=rt.device, progress=False)
+    if mu > 0:
+        trainer.set_proximal_reference()
+    return trainer, rt.train_loader(), dict
+
+
+TRAINER_FACTORIES: dict[str, TrainerFactory] = {"plain": plain_trainer}
+
+
+def trainer_kind(rt: SiteRuntime) -> str:
+    return "dp" if rt.cfg.privacy.enabled else "plain"
+
+
+def load_global(rt: SiteRuntime, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load the global trainable weights sent by the server into the site's model."""
+    load_trainable_state(rt.model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+
+
+def local_train(
+    rt: SiteRuntime, arrays: Mapping[str, np.ndarray], round_config: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Train one round from the global weights; returns (trainable weights, metrics)."""
+    load_global(rt, arrays)
+    kind = trainer_kind(rt)
+    if kind not in TRAINER_FACTORIES:
+        # The privacy layer registers "dp" on import.
+        import privacy.dp  # noqa: F401
+    factory = TRAINER_FACTORIES[kind]
+    trainer, loader, extra_metrics = factory(rt, round_config)
+    result = trainer.fit(loader, epochs=rt.cfg.train.epochs, desc=f"{rt.name} train")
+    state = {k: v.detach().cpu().numpy() for k, v in trainable_state(rt.model).items()}
+    metrics = {"num-examples": float(len(rt.train_set)), **result.metrics(), **extra_metrics()}
+    return state, metrics
+
+
+def local_evaluate(
+    rt: SiteRuntime, arrays: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int]:
+    """Evaluate the global weights on the site's validation split.
+
+    Returns the metric accumulator's additive state (nothing per image) and the
+    number of evaluated images.
+    """
+    load_global(rt, arrays)
+    acc = MetricAccumulator(
+        class_names=list(rt.cfg.data.class_names),
+        morphology_names=list(rt.cfg.data.morphology_names),
+    )
+    evaluate(rt.model, rt.val_loader(), acc, device=rt.device)
+    return acc.state(), len(rt.val_set)
