@@ -1,0 +1,1 @@
+"""Smoke-test Flower app (ServerApp + ClientApp) for the runtime tests."""
