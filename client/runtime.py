@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -15,9 +14,8 @@ from torch.utils.data import DataLoader
 
 from client.site import SiteData, resolve_site
 from shared.config import EndoFedConfig
-from shared.data.collate import collate_detection
+from shared.data.build import loader_for, train_val_datasets
 from shared.data.dataset import DetectionDataset
-from shared.data.split import split_records
 from shared.engine import configure_threads, resolve_device
 from shared.model import build_model
 
@@ -40,28 +38,11 @@ class SiteRuntime:
     def name(self) -> str:
         return self.site.name
 
-    def _loader(self, dataset: DetectionDataset, *, shuffle: bool) -> DataLoader:
-        collate = functools.partial(
-            collate_detection,
-            image_size=self.cfg.data.image_size,
-            max_boxes=self.cfg.data.max_boxes,
-        )
-        generator = torch.Generator().manual_seed(self.cfg.train.seed)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.data.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=self.cfg.data.workers,
-            generator=generator,
-            drop_last=False,
-        )
-
     def train_loader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return loader_for(self.train_set, self.cfg, shuffle=True)
 
     def val_loader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return loader_for(self.val_set, self.cfg, shuffle=False)
 
 
 _RUNTIMES: dict[str, SiteRuntime] = {}
@@ -93,18 +74,7 @@ def build_site_runtime(
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     site = resolve_site(cfg, node_config, run_config)
-    val = cfg.data.val_fraction
-    splits = split_records(site.records, fractions=(1.0 - val, val), seed=cfg.data.split_seed)
-    morph = list(cfg.data.morphology_names)
-    loader = _sample_loader(cfg)
-    train_set = DetectionDataset(
-        splits["train"], image_size=cfg.data.image_size, train=cfg.data.augment,
-        max_boxes=cfg.data.max_boxes, morphology_names=morph, loader=loader,
-    )
-    val_set = DetectionDataset(
-        splits["val"], image_size=cfg.data.image_size, train=False,
-        max_boxes=cfg.data.max_boxes, morphology_names=morph, loader=loader,
-    )
+    train_set, val_set = train_val_datasets(site.records, cfg)
     if len(train_set) == 0:
         raise ValueError(
             f"site {site.name}: no training images after the split "
@@ -122,13 +92,3 @@ def build_site_runtime(
     return SiteRuntime(cfg=cfg, site=site, device=device, model=model,
                        train_set=train_set, val_set=val_set)
 
-
-def _sample_loader(cfg: EndoFedConfig):
-    """The record -> Sample function: preprocessed through the site cache when enabled."""
-    from shared.data.site import load_sample
-
-    if not cfg.preprocess.preprocess:
-        return load_sample
-    from shared.preprocessing import site_sample_loader
-
-    return site_sample_loader(cfg)

@@ -1,0 +1,19 @@
+"""``endofed report RUN_DIR``: re-render a federated run's report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="re-render report.md and plots of a run directory")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.report import render_run_report
+
+    print(render_run_report(args.run_dir))
+    return 0
