@@ -1,0 +1,86 @@
+"""The improved SSD of EndoFed (paper section 2.2): build, train losses, weights.
+
+``build_model(preset=..., num_classes=...)`` is the entry point; see
+``shared/model/presets.py`` for the registered presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from shared.model.loss import LossOutput, compute_loss, sigmoid_focal_loss, structure_loss
+from shared.model.postprocess import PostprocessOutput, image_probabilities
+from shared.model.presets import PRESETS, SSDConfig, available_presets, get_preset
+from shared.model.ssd import FINETUNE_MODES, ImprovedSSD
+from shared.model.weights import (
+    load_backbone_weights,
+    load_model_checkpoint,
+    load_trainable_state,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+    trainable_state,
+    unwrap,
+)
+
+__all__ = [
+    "FINETUNE_MODES",
+    "PRESETS",
+    "ImprovedSSD",
+    "LossOutput",
+    "PostprocessOutput",
+    "SSDConfig",
+    "available_presets",
+    "build_model",
+    "compute_loss",
+    "get_preset",
+    "image_probabilities",
+    "load_backbone_weights",
+    "load_model_checkpoint",
+    "load_trainable_state",
+    "load_weights",
+    "read_checkpoint",
+    "save_checkpoint",
+    "sigmoid_focal_loss",
+    "structure_loss",
+    "trainable_state",
+    "unwrap",
+]
+
+
+def build_model(
+    *,
+    preset: str,
+    num_classes: int,
+    image_size: int | None = None,
+    weights_path: str | Path | None = None,
+    finetune: str = "global",
+    **overrides: Any,
+) -> ImprovedSSD:
+    """Build the improved SSD of ``preset`` for ``num_classes`` lesion classes.
+
+    ``overrides`` replace :class:`SSDConfig` fields (e.g. ``rfpn_steps=0``).
+    ``weights_path`` is a torchvision backbone ``state_dict`` or an EndoFed checkpoint.
+    ``finetune``: ``global`` (all trains) or ``local`` (backbone body frozen).
+    """
+    config = get_preset(preset)
+    if image_size is not None:
+        overrides["image_size"] = int(image_size)
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(SSDConfig)} - {"name"}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown model option(s) {unknown} for preset {preset!r}; "
+                f"known: {sorted(fields)}"
+            )
+        if "class_names" in overrides:
+            overrides["class_names"] = tuple(overrides["class_names"])
+        config = dataclasses.replace(config, **overrides)
+    model = ImprovedSSD(config, num_classes)
+    if weights_path is not None:
+        load_weights(model, weights_path)
+    model.set_finetune(finetune)
+    return model

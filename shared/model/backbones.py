@@ -1,0 +1,255 @@
+"""Backbones producing the six SSD source maps, all with GroupNorm.
+
+Each backbone has:
+
+* ``body``: the part whose weights may come from a torchvision checkpoint (frozen in
+  ``local`` fine-tuning);
+* ``extras``: the SSD extra layers (always trained);
+* ``out_channels``: channels of the six source maps;
+* :meth:`torchvision_key_map`: ``{torchvision key: own key}`` for the tensors a
+  torchvision ``state_dict`` can fill (convolutions; BatchNorm tensors are not
+  mappable since we use GroupNorm).
+
+Source map 0 is the "conv4_3" map (stride 8), map 1 "conv7", map 2 "conv8_2"; these
+three feed the segmentation branch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from shared.model.layers import ConvGNReLU, L2Norm, group_norm, no_inplace
+from shared.model.presets import RESNET_LAYERS, SSDConfig
+
+NUM_SOURCE_MAPS = 6
+
+
+def _extra_block(
+    in_ch: int, out_ch: int, *, groups: int, stride: int = 2, padding: int = 1
+) -> nn.Sequential:
+    """SSD extra layer: 1x1 reduction to ``out_ch // 2`` then a 3x3 (strided) conv."""
+    mid = max(out_ch // 2, 1)
+    return nn.Sequential(
+        ConvGNReLU(in_ch, mid, 1, groups=groups),
+        ConvGNReLU(mid, out_ch, 3, stride=stride, padding=padding, groups=groups),
+    )
+
+
+class SSDBackbone(nn.Module):
+    """Base class: ``forward(images) -> list of 6 source maps``."""
+
+    out_channels: list[int]
+    body: nn.Module
+    extras: nn.ModuleList
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        """``{torchvision state_dict key: key in this backbone}`` (empty: no mapping)."""
+        return {}
+
+    def _run_extras(self, x: torch.Tensor, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        for block in self.extras:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+
+class VGG16Backbone(SSDBackbone):
+    """The SSD300 VGG16 extractor (as torchvision's ``SSDFeatureExtractorVGG``) with GN.
+
+    ``body.stage4`` ends at conv4_3 (ceil-mode pool3 as in SSD), ``body.stage7`` holds
+    conv5_x, pool5 (3x3/s1), fc6 (3x3, dilation 6) and fc7 (1x1). ``l2norm`` rescales
+    conv4_3. GroupNorm follows every convolution.
+    """
+
+    _CFG4: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512)
+    # Index of each conv in torchvision's ``vgg16().features``.
+    _TV_CONV_IDX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+    def __init__(self, config: SSDConfig) -> None:
+        super().__init__()
+        g = config.gn_groups
+        if len(config.extra_channels) != 4:
+            raise ValueError(
+                f"preset {config.name!r}: the vgg16 backbone needs 4 extra_channels "
+                f"(conv8_2..conv11_2), got {config.extra_channels}"
+            )
+        layers: list[nn.Module] = []
+        self._conv_names: list[str] = []
+        in_ch = 3
+        for v in self._CFG4:
+            if v in ("M", "C"):
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=(v == "C")))
+            else:
+                self._conv_names.append(f"body.stage4.{len(layers)}.conv")
+                layers.append(ConvGNReLU(in_ch, int(v), 3, groups=g))
+                in_ch = int(v)
+        stage7: list[nn.Module] = [nn.MaxPool2d(2, 2)]
+        for _ in range(3):
+            self._conv_names.append(f"body.stage7.{len(stage7)}.conv")
+            stage7.append(ConvGNReLU(512, 512, 3, groups=g))
+        stage7 += [
+            nn.MaxPool2d(3, 1, 1),
+            ConvGNReLU(512, 1024, 3, padding=6, dilation=6, groups=g),  # fc6
+            ConvGNReLU(1024, 1024, 1, groups=g),  # fc7 ("conv7")
+        ]
+        self.body = nn.Module()
+        self.body.stage4 = nn.Sequential(*layers)
+        self.body.stage7 = nn.Sequential(*stage7)
+        self.l2norm = L2Norm(512)
+        e = config.extra_channels
+        self.extras = nn.ModuleList(
+            [
+                _extra_block(1024, e[0], groups=g),  # conv8_2
+                _extra_block(e[0], e[1], groups=g),  # conv9_2
+                _extra_block(e[1], e[2], groups=g, stride=1, padding=0),  # conv10_2
+                _extra_block(e[2], e[3], groups=g, stride=1, padding=0),  # conv11_2
+            ]
+        )
+        self.out_channels = [512, 1024, *e]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c4 = self.body.stage4(x)
+        c7 = self.body.stage7(c4)
+        return self._run_extras(c7, [self.l2norm(c4), c7])
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        out = {}
+        for idx, name in zip(self._TV_CONV_IDX, self._conv_names, strict=True):
+            out[f"features.{idx}.weight"] = f"{name}.weight"
+            out[f"features.{idx}.bias"] = f"{name}.bias"
+        return out
+
+
+class WideResNet(ResNet):
+    """torchvision's ResNet (Bottleneck) with GroupNorm and all widths times ``width``.
+
+    Module names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``...), so a
+    torchvision checkpoint maps 1:1 for ``width=1``; ``bn*`` modules are GroupNorm.
+    """
+
+    def __init__(self, layers: tuple[int, int, int, int], width: int, groups: int) -> None:
+        nn.Module.__init__(self)
+        self._norm_layer = partial(group_norm, groups=groups)
+        self.inplanes = 64 * width
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
+        self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+        self.bn1 = self._norm_layer(self.inplanes)
+        self.relu = nn.ReLU(inplace=False)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(Bottleneck, 64 * width, layers[0])
+        self.layer2 = self._make_layer(Bottleneck, 128 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(Bottleneck, 256 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(Bottleneck, 512 * width, layers[3], stride=2)
+        no_inplace(self)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero-init the last norm of each residual branch (torchvision's option).
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer2(self.layer1(x))
+        c3 = self.layer3(c2)
+        c4 = self.layer4(c3)
+        return [c2, c3, c4]
+
+
+class ResNetBackbone(SSDBackbone):
+    """ResNet-``depth`` x ``width`` (GN): layer2/3/4 (strides 8/16/32) + 3 extras."""
+
+    def __init__(self, config: SSDConfig) -> None:
+        super().__init__()
+        if len(config.extra_channels) != 3:
+            raise ValueError(
+                f"preset {config.name!r}: the resnet backbone needs 3 extra_channels, "
+                f"got {config.extra_channels}"
+            )
+        w, g = config.width, config.gn_groups
+        self.body = WideResNet(RESNET_LAYERS[config.depth], w, g)
+        chans = [512 * w, 1024 * w, 2048 * w]
+        e = config.extra_channels
+        self.extras = nn.ModuleList(
+            [
+                _extra_block(chans[2], e[0], groups=g),
+                _extra_block(e[0], e[1], groups=g),
+                _extra_block(e[1], e[2], groups=g),
+            ]
+        )
+        self.out_channels = [*chans, *e]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.body(x)
+        return self._run_extras(maps[-1], list(maps))
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        out = {}
+        for name, m in self.body.named_modules():
+            if isinstance(m, nn.Conv2d):
+                for p, _ in m.named_parameters(recurse=False):
+                    out[f"{name}.{p}"] = f"body.{name}.{p}"
+        return out
+
+
+class CPUBackbone(SSDBackbone):
+    """A small plain GN conv net for CPU simulations (stage widths ``config.channels``).
+
+    Strides of the six maps: 8, 16, 32 (body) and 64, 128, 256 (extras).
+    """
+
+    def __init__(self, config: SSDConfig) -> None:
+        super().__init__()
+        if len(config.channels) != 4 or len(config.extra_channels) != 3:
+            raise ValueError(
+                f"preset {config.name!r}: the cpu backbone needs 4 channels and 3 "
+                f"extra_channels, got {config.channels} and {config.extra_channels}"
+            )
+        c0, c1, c2, c3 = config.channels
+        g = config.gn_groups
+        self.body = nn.Module()
+        self.body.stage8 = nn.Sequential(
+            ConvGNReLU(3, c0, 3, stride=2, groups=g),
+            ConvGNReLU(c0, c1, 3, stride=2, groups=g),
+            ConvGNReLU(c1, c1, 3, groups=g),
+            ConvGNReLU(c1, c2, 3, stride=2, groups=g),
+            ConvGNReLU(c2, c2, 3, groups=g),
+        )
+        self.body.stage16 = nn.Sequential(
+            ConvGNReLU(c2, c3, 3, stride=2, groups=g), ConvGNReLU(c3, c3, 3, groups=g)
+        )
+        self.body.stage32 = nn.Sequential(ConvGNReLU(c3, c3, 3, stride=2, groups=g))
+        e = config.extra_channels
+        self.extras = nn.ModuleList(
+            [
+                _extra_block(c3, e[0], groups=g),
+                _extra_block(e[0], e[1], groups=g),
+                _extra_block(e[1], e[2], groups=g),
+            ]
+        )
+        self.out_channels = [c2, c3, c3, *e]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s8 = self.body.stage8(x)
+        s16 = self.body.stage16(s8)
+        s32 = self.body.stage32(s16)
+        return self._run_extras(s32, [s8, s16, s32])
+
+
+BACKBONE_BUILDERS: dict[str, type[SSDBackbone]] = {
+    "vgg16": VGG16Backbone,
+    "resnet": ResNetBackbone,
+    "cpu": CPUBackbone,
+}
+
+
+def build_backbone(config: SSDConfig) -> SSDBackbone:
+    """Instantiate the backbone named by ``config.backbone``."""
+    return BACKBONE_BUILDERS[config.backbone](config)
