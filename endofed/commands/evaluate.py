@@ -1,0 +1,52 @@
+"""``endofed evaluate CHECKPOINT DATA... --out DIR``: the paper's metrics on site folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on site folders: metrics.json + report")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("data", nargs="+", type=Path, help="site folders (all images evaluated)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--score-thresh", type=float, default=0.05)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.config import EndoFedConfig
+    from shared.data.build import dataset_for, loader_for
+    from shared.engine import evaluate, resolve_device
+    from shared.metrics import MetricAccumulator, flat_scalars
+    from shared.metrics.report import write_evaluation_report
+    from shared.model import load_model_checkpoint, read_checkpoint
+    from simulations.central import pooled_records
+
+    device = resolve_device(args.device)
+    model = load_model_checkpoint(args.checkpoint, map_location=device)
+    names = read_checkpoint(args.checkpoint).get("extra", {}).get("class_names") or [
+        f"class_{i}" for i in range(1, model.num_classes + 1)
+    ]
+    cfg = EndoFedConfig.from_mapping({
+        "image-size": model.config.image_size, "batch-size": args.batch_size,
+        "class-names": ",".join(names), "device": args.device,
+    })
+    records = pooled_records(args.data, cfg)
+    acc = MetricAccumulator(class_names=names, morphology_names=list(cfg.data.morphology_names))
+    evaluate(model, loader_for(dataset_for(records, cfg, train=False), cfg, shuffle=False),
+             acc, device=device, score_thresh=args.score_thresh, progress=True)
+    metrics = acc.compute()
+    report = write_evaluation_report(
+        metrics, args.out, title=f"EndoFed evaluation of {args.checkpoint.name}",
+        extra_sections={"Data": ", ".join(str(p) for p in args.data)
+                        + f" ({len(records)} images)"},
+    )
+    s = flat_scalars(metrics)
+    keys = ("map50", "map", "dice", "auc", "sensitivity", "specificity", "accuracy", "f1")
+    print("  ".join(f"{k}={s.get(k, float('nan')):.4f}" for k in keys))
+    print(f"report: {report}")
+    return 0

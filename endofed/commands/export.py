@@ -1,0 +1,27 @@
+"""``endofed export CHECKPOINT --format onnx --out FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model (ONNX) and check it against eager")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.inference import export_onnx
+    from shared.model import load_model_checkpoint
+
+    model = load_model_checkpoint(args.checkpoint, map_location="cpu")
+    report = export_onnx(model, args.out, opset=args.opset, check=not args.no_check)
+    print(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,37 @@
+"""``endofed predict CHECKPOINT IMAGE_OR_DIR... --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a trained model on images: JSON + overlay PNGs")
+    p.add_argument("checkpoint", type=Path, help="model file (model.pt / final_model.pt)")
+    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-overlay", action="store_true", help="JSON only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.engine import resolve_device
+    from shared.inference import Predictor, predict_to_dir
+
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=resolve_device(args.device), score_thresh=args.score_thresh
+    )
+    results, problems = predict_to_dir(
+        predictor, args.inputs, args.out, overlays=not args.no_overlay
+    )
+    summary = {"images": len(results), "skipped": [{"file": f, "reason": r} for f, r in problems],
+               "out": str(args.out)}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{len(results)} images predicted, {len(problems)} skipped -> {args.out}")
+    for f, r in problems:
+        print(f"  skipped {f}: {r}")
+    return 0 if results else 1

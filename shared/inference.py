@@ -1,0 +1,231 @@
+"""Running a trained model on new images: predictions, overlays, ONNX export.
+
+This is the clinician/integrator side: ``endofed predict`` and ``endofed export``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from shared.data.transforms import build_transforms, to_tv_sample
+from shared.model import ImprovedSSD, load_model_checkpoint, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Prediction:
+    """Model output for one image, in that image's own pixel coordinates."""
+
+    source: str
+    boxes: np.ndarray  # (N, 4) XYXY
+    labels: list[str]
+    scores: np.ndarray
+    image_probs: dict[str, float]
+    mask_prob: np.ndarray  # (H, W) float32
+    attention: np.ndarray  # (H, W) float32 in [0, 1]
+    latency_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.source,
+            "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+            "labels": self.labels,
+            "scores": [round(float(s), 4) for s in self.scores],
+            "image_probs": {k: round(v, 4) for k, v in self.image_probs.items()},
+            "predicted_class": max(self.image_probs, key=self.image_probs.get),
+            "lesion_area_fraction": float((self.mask_prob > 0.5).mean()),
+            "latency_ms": round(self.latency_ms, 2),
+        }
+
+
+def list_images(inputs: Iterable[Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    out: list[Path] = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such image or folder")
+    return out
+
+
+class Predictor:
+    """Wraps a model with the evaluation transform and maps outputs back to the image."""
+
+    def __init__(
+        self,
+        model: ImprovedSSD,
+        *,
+        class_names: Sequence[str],
+        device: torch.device,
+        score_thresh: float = 0.3,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.class_names = list(class_names)
+        self.score_thresh = score_thresh
+        self.image_size = int(model.config.image_size)
+        self.transform = build_transforms(self.image_size, train=False)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: Path, *, device: torch.device, score_thresh: float = 0.3
+    ) -> Predictor:
+        """Load a model saved by training, a federated run (final_model.pt) or export."""
+        model = load_model_checkpoint(path, map_location=device)
+        extra = read_checkpoint(path).get("extra", {})
+        names = extra.get("class_names") or [f"class_{i}" for i in range(1, model.num_classes + 1)]
+        return cls(model, class_names=names, device=device, score_thresh=score_thresh)
+
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        h, w = image.shape[:2]
+        sample = to_tv_sample(image, np.zeros((h, w), bool), np.zeros((0, 4)), np.zeros(0))
+        return self.transform(sample)["image"][None].to(self.device)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, *, source: str = "") -> Prediction:
+        """Predict on one RGB uint8 image of any size."""
+        h, w = image.shape[:2]
+        x = self._input(image)
+        t0 = time.perf_counter()
+        outputs = self.model(x)
+        post = self.model.postprocess(outputs, score_thresh=self.score_thresh)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        latency = (time.perf_counter() - t0) * 1000.0
+        det = post.detections[0]
+        scale = np.array([w / self.image_size, h / self.image_size] * 2, dtype=np.float32)
+        boxes = det["boxes"].cpu().numpy().astype(np.float32) * scale
+        labels = [self.class_names[int(k) - 1] for k in det["labels"].cpu()]
+        probs = post.image_probs[0].cpu().numpy()
+        names = ["normal", *self.class_names]
+        mask = post.mask_prob[0, 0].cpu().numpy().astype(np.float32)
+        att = outputs["attention"][0, 0].float().cpu().numpy()
+        return Prediction(
+            source=source,
+            boxes=boxes,
+            labels=labels,
+            scores=det["scores"].cpu().numpy(),
+            image_probs={n: float(p) for n, p in zip(names, probs)},
+            mask_prob=cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR),
+            attention=cv2.resize(att, (w, h), interpolation=cv2.INTER_LINEAR),
+            latency_ms=latency,
+        )
+
+
+def render_overlay(image: np.ndarray, pred: Prediction) -> np.ndarray:
+    """RGB overlay: attention heat map, mask contour (green), boxes with labels (yellow)."""
+    heat = cv2.applyColorMap(
+        (np.clip(pred.attention, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET
+    )[:, :, ::-1]
+    out = cv2.addWeighted(image, 0.65, heat, 0.35, 0)
+    contours, _ = cv2.findContours(
+        (pred.mask_prob > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    thick = max(1, round(max(image.shape[:2]) / 300))
+    cv2.drawContours(out, contours, -1, (0, 255, 0), thick)
+    for box, label, score in zip(pred.boxes, pred.labels, pred.scores):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 0), thick)
+        cv2.putText(out, f"{label} {score:.2f}", (x0, max(12, y0 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (255, 255, 0), thick)
+    return out
+
+
+def predict_to_dir(
+    predictor: Predictor, inputs: Sequence[Path], out_dir: Path, *, overlays: bool = True
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """One JSON (and overlay PNG) per image; unreadable files are reported, not fatal."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, problems = [], []
+    for path in list_images(inputs):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None or bgr.size == 0:
+            problems.append((str(path), "unreadable or empty image"))
+            log.warning("%s: unreadable or empty image, skipped", path)
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        pred = predictor.predict(rgb, source=str(path))
+        record = pred.to_json()
+        (out_dir / f"{path.stem}.json").write_text(json.dumps(record, indent=1))
+        if overlays:
+            cv2.imwrite(str(out_dir / f"{path.stem}_overlay.png"),
+                        cv2.cvtColor(render_overlay(rgb, pred), cv2.COLOR_RGB2BGR))
+        results.append(record)
+    return results, problems
+
+
+class _ExportWrapper(nn.Module):
+    """Tensor-only forward for ONNX: raw outputs plus mask and image probabilities."""
+
+    def __init__(self, model: ImprovedSSD) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        cls_prob = torch.sigmoid(out["cls_logits"])
+        return (
+            cls_prob,
+            out["bbox_regression"],
+            torch.sigmoid(out["mask_logits"]),
+            out["attention"],
+        )
+
+
+EXPORT_OUTPUTS = ("cls_prob", "bbox_regression", "mask_prob", "attention")
+
+
+def export_onnx(
+    model: ImprovedSSD, out_file: Path, *, opset: int = 17, check: bool = True,
+    atol: float = 1e-3,
+) -> dict[str, Any]:
+    """Export to ONNX (dynamic batch) and, with ``check``, compare onnxruntime to eager.
+
+    Anchors (needed to decode ``bbox_regression``) are written beside the file as
+    ``<name>.anchors.npy``. Returns the max absolute difference per output.
+    """
+    model = model.cpu().eval()
+    wrapper = _ExportWrapper(model).eval()
+    s = int(model.config.image_size)
+    x = torch.randn(2, 3, s, s)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        wrapper, (x,), str(out_file), input_names=["images"],
+        output_names=list(EXPORT_OUTPUTS), opset_version=opset,
+        dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in EXPORT_OUTPUTS}},
+        dynamo=False,
+    )
+    np.save(out_file.with_suffix(".anchors.npy"), model.anchors.cpu().numpy())
+    report: dict[str, Any] = {"file": str(out_file), "image_size": s}
+    if check:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(out_file), providers=["CPUExecutionProvider"])
+        x = torch.randn(3, 3, s, s)
+        with torch.no_grad():
+            eager = [t.numpy() for t in wrapper(x)]
+        onnx_out = sess.run(None, {"images": x.numpy()})
+        diffs = {n: float(np.abs(a - b).max()) for n, a, b in zip(EXPORT_OUTPUTS, eager, onnx_out)}
+        report["max_abs_diff"] = diffs
+        report["matches_eager"] = all(d <= atol for d in diffs.values())
+        if not report["matches_eager"]:
+            raise RuntimeError(f"ONNX outputs differ from eager beyond {atol}: {diffs}")
+    return report
