@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.runtime import get_site_runtime
-from client.training import local_evaluate, local_train
+from client.training import BudgetExhausted, local_evaluate, local_train
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,18 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's data for the configured local epochs."""
     rt = get_site_runtime(context.run_config, context.node_config)
     config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-    state, metrics = local_train(rt, _arrays(msg.content[ARRAYS_KEY]), config)
+    try:
+        state, metrics = local_train(rt, _arrays(msg.content[ARRAYS_KEY]), config)
+    except BudgetExhausted as exc:
+        # An explicit refusal, not an error: the server logs it and goes on without us.
+        log.warning("site %s declines round %s: %s", rt.name, config.get("server-round"), exc)
+        content = RecordDict(
+            {
+                METRICS_KEY: MetricRecord({"declined": 1, "num-examples": 0, **exc.metrics}),
+                SITE_KEY: _site_record(rt.name),
+            }
+        )
+        return Message(content=content, reply_to=msg)
     content = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord({k: Array(v) for k, v in state.items()}),

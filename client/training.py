@@ -22,6 +22,17 @@ from shared.model import load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
 
+class BudgetExhausted(RuntimeError):
+    """The site's next round would exceed its privacy budget: it declines to train.
+
+    ``metrics`` (e.g. ``epsilon-spent``, ``epsilon-target``) go into the decline reply.
+    """
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = dict(metrics or {})
+
+
 # (runtime, round config) -> (trainer, loader, extra reply metrics callback)
 TrainerFactory = Callable[
     [SiteRuntime, Mapping[str, Any]],
