@@ -14,6 +14,7 @@ lesion. A ``manifest.csv`` beside the JSON may add metadata (keyed by image stem
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +77,9 @@ def decode_segmentation(segmentations: Sequence[Any], height: int, width: int) -
         if seg is None or (isinstance(seg, list) and not seg):
             continue
         rle = _to_rle(seg, height, width)
-        m = mask_utils.decode(rle)
+        with warnings.catch_warnings():  # pycocotools 2.0.x vs numpy 2 copy= keyword
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rle)
         if m.ndim == 3:
             m = m.any(axis=2)
         mask |= m.astype(bool)
