@@ -1,0 +1,48 @@
+"""``endofed demo``: a small simulated federation of synthetic hospitals, with report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulate 3 synthetic hospitals for a few rounds")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs directory")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--images-per-site", type=int, default=32)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from simulations.federated import run_simulation
+
+    previous = args.out / "federated"
+    if previous.exists():  # the demo always starts fresh (real runs resume instead)
+        shutil.rmtree(previous)
+    t0 = time.perf_counter()
+    run_config = {
+        "num-server-rounds": args.rounds,
+        "preset": args.preset,
+        "image-size": 96,
+        "batch-size": 8,
+        "local-epochs": 2,
+        "learning-rate": 0.002,
+        "synthetic-images-per-site": args.images_per_site,
+        "threads": 1,
+    }
+    print(f"EndoFed demo: {args.sites} synthetic hospitals (different endoscope colour "
+          f"profiles), {args.rounds} FedAvg rounds, preset {args.preset}")
+    result = run_simulation(
+        run_config, num_sites=args.sites, runs_dir=args.out, run_name="federated",
+        num_cpus_per_client=1, timeout=1800,
+    )
+    print(f"done in {time.perf_counter() - t0:.0f}s")
+    print(f"metrics: {result.run_dir / 'metrics.csv'}")
+    print(f"report:  {result.run_dir / 'report.md'}")
+    return 0
