@@ -1,0 +1,77 @@
+"""Reply screening: nothing malformed, non-finite or declined is ever aggregated."""
+
+import time
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
+from server.replies import screen_train_replies
+
+SHAPES = {"w": (2, 3), "b": (3,)}
+
+
+def _reply(arrays: dict, metrics: dict, site: str = "a") -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in arrays.items()}),
+            "metrics": MetricRecord(metrics),
+            "site": ConfigRecord({"site-name": site}),
+        }
+    )
+    return received_reply(content)
+
+
+def received_reply(content: RecordDict, src_node_id: int = 1) -> Message:
+    """A reply as the server's Grid hands it over (metadata stamped by the SuperLink)."""
+    meta = Metadata(
+        run_id=1, message_id="m-1", src_node_id=src_node_id, dst_node_id=0,
+        reply_to_message_id="q-1", group_id="1", created_at=time.time(), ttl=60.0,
+        message_type="train",
+    )
+    return Message(content=content, metadata=meta)
+
+
+def _good(site="a"):
+    return _reply({"w": np.ones((2, 3)), "b": np.zeros(3)}, {"num-examples": 10}, site)
+
+
+def test_valid_reply_passes():
+    valid, screened = screen_train_replies([_good()], SHAPES)
+    assert len(valid) == 1 and not screened
+
+
+def test_nan_update_is_rejected():
+    w = np.ones((2, 3))
+    w[0, 1] = np.nan
+    bad = _reply({"w": w, "b": np.zeros(3)}, {"num-examples": 10}, "nan-site")
+    valid, screened = screen_train_replies([_good(), bad], SHAPES)
+    assert len(valid) == 1
+    assert screened[0].site == "nan-site" and "NaN" in screened[0].reason
+
+
+def test_inf_and_wrong_shape_and_missing_keys_rejected():
+    inf = _reply({"w": np.full((2, 3), np.inf), "b": np.zeros(3)}, {"num-examples": 1})
+    shape = _reply({"w": np.ones((3, 2)), "b": np.zeros(3)}, {"num-examples": 1})
+    keys = _reply({"w": np.ones((2, 3))}, {"num-examples": 1})
+    valid, screened = screen_train_replies([inf, shape, keys], SHAPES)
+    assert not valid
+    reasons = [s.reason for s in screened]
+    assert "NaN or Inf" in reasons[0]
+    assert "shape" in reasons[1]
+    assert "keys" in reasons[2]
+
+
+def test_declined_reply_is_flagged_not_rejected():
+    content = RecordDict({"metrics": MetricRecord({"declined": 1, "num-examples": 0}),
+                          "site": ConfigRecord({"site-name": "tight-budget"})})
+    declined = received_reply(content)
+    valid, screened = screen_train_replies([declined], SHAPES)
+    assert not valid and screened[0].declined and screened[0].site == "tight-budget"

@@ -1,0 +1,50 @@
+"""The one typed config: Flower keys in, typed sections out, clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, EndoFedConfig
+
+
+def test_run_and_node_config_map_to_typed_sections():
+    cfg = EndoFedConfig.from_flower(
+        {"local-epochs": 3, "dp-epsilon": "4.5", "secagg": "true", "class-names": "polyp,ulcer",
+         "num-server-rounds": 7, "runs-dir": "/tmp/x"},
+        {"data-path": "/data/site", "site-name": "oslo", "partition-id": 2},
+    )
+    assert cfg.train.epochs == 3
+    assert cfg.privacy.epsilon == 4.5 and cfg.privacy.enabled
+    assert cfg.privacy.secagg is True
+    assert cfg.data.class_names == ("polyp", "ulcer")
+    assert cfg.federation.num_server_rounds == 7
+    assert cfg.federation.runs_dir == Path("/tmp/x")
+    assert cfg.site.data_path == Path("/data/site") and cfg.site.site_name == "oslo"
+    assert cfg.site.partition_id == 2
+
+
+def test_node_config_overrides_run_config():
+    cfg = EndoFedConfig.from_flower({"dp-epsilon": 8.0}, {"dp-epsilon": 2.0})
+    assert cfg.privacy.epsilon == 2.0
+
+
+def test_round_trip_through_mapping():
+    cfg = EndoFedConfig.from_mapping({"preset": "cpu", "batch-size": 4, "dp-epsilon": 1.0})
+    again = EndoFedConfig.from_mapping(cfg.to_mapping())
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"batch-size": "many"}, "batch-size"),
+        ({"batch-size": 0}, "batch-size"),
+        ({"dp-epsilon": -1}, "dp-epsilon"),
+        ({"finetune": "partial"}, "finetune"),
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"secagg": "maybe"}, "secagg"),
+    ],
+)
+def test_bad_values_name_the_key(values, needle):
+    with pytest.raises(ConfigError, match=needle):
+        EndoFedConfig.from_mapping(values)
