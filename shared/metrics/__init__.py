@@ -12,6 +12,13 @@ from shared.metrics.accumulator import (
     state_to_arrays,
     sum_states,
 )
+from shared.metrics.report import (
+    json_safe,
+    markdown_table,
+    plot_metric_curves,
+    plot_site_bars,
+    write_evaluation_report,
+)
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
@@ -19,6 +26,11 @@ __all__ = [
     "NORMAL_NAME",
     "MetricAccumulator",
     "flat_scalars",
+    "json_safe",
+    "markdown_table",
+    "plot_metric_curves",
+    "plot_site_bars",
     "state_to_arrays",
     "sum_states",
+    "write_evaluation_report",
 ]
