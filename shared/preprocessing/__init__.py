@@ -1,0 +1,36 @@
+"""Site preprocessing (paper 2.1.2): overlay detection, crop, median + Sym4 denoising, cache."""
+
+from shared.preprocessing.config import PIPELINE_VERSION, PreprocessConfig
+from shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
+from shared.preprocessing.denoise import denoise, denoise_reference, wavelet_denoise
+from shared.preprocessing.overlay import (
+    OVERLAY_TYPES,
+    ClassicalDetector,
+    OverlayBox,
+    OverlayDetection,
+    available_detectors,
+    get_detector,
+    register_detector,
+)
+from shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+
+__all__ = [
+    "OVERLAY_TYPES",
+    "PIPELINE_VERSION",
+    "ClassicalDetector",
+    "CropBox",
+    "OverlayBox",
+    "OverlayDetection",
+    "PreprocessConfig",
+    "PreprocessInfo",
+    "apply_crop",
+    "available_detectors",
+    "denoise",
+    "denoise_reference",
+    "find_crop",
+    "get_detector",
+    "inpaint_text",
+    "preprocess_sample",
+    "register_detector",
+    "wavelet_denoise",
+]
