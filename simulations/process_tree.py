@@ -213,10 +213,28 @@ def spawn(
 
 
 def stop_all(processes: Iterable[ManagedProcess], token: str, grace: float = 10.0) -> None:
-    """Stop ``processes`` (in reverse start order) and any process marked ``token``."""
-    for proc in reversed(list(processes)):
+    """Stop ``processes`` concurrently, then any process still marked with ``token``.
+
+    All process groups get SIGTERM at once (Flower processes shut down gracefully in
+    ~2 s each), survivors of ``grace`` seconds get SIGKILL.
+    """
+    procs = list(processes)
+    tree: dict[int, int] = {}
+    for proc in procs:
+        proc.remember_descendants()
+        tree.update(proc.seen)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM if proc.running() else signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    for proc in procs:
         try:
-            proc.stop(grace=grace)
-        except Exception:  # keep stopping the others
-            logger.exception("failed to stop %s (pid %d)", proc.name, proc.pid)
-    kill_remaining(marked_processes(token), grace=min(grace, 5.0))
+            proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5.0)
+    tree.update(marked_processes(token))
+    kill_remaining(tree, grace=min(grace, 5.0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,10 +50,13 @@ class RecordingFedAvg(FedAvg):
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` of FedAvg from a zero 2-vector."""
     cfg = context.run_config
+    if bool(cfg["fail"]):
+        raise RuntimeError("flower_smoke: failure requested by run config `fail`")
+    time.sleep(float(cfg["sleep-s"]))
     min_nodes = int(cfg["min-nodes"])
     strategy = RecordingFedAvg(
         fraction_train=1.0,
-        fraction_evaluate=1.0,
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes,
         min_available_nodes=min_nodes,

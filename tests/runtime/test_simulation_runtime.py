@@ -1,0 +1,100 @@
+"""A real Flower simulation of the smoke app on a private SuperLink."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from runtime_helpers import cmdline, expected_fedavg, running
+
+from simulations.runtime import FlowerRunError, FlowerRunTimeout, LocalSimulationRuntime
+
+
+class _Watcher:
+    """Records every live process of a runtime (pid -> cmdline) while a run goes on."""
+
+    def __init__(self, runtime: LocalSimulationRuntime) -> None:
+        self.runtime, self.seen, self._stop = runtime, {}, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.runtime.alive_processes():
+                self.seen.setdefault(pid, cmdline(pid))
+            time.sleep(0.3)
+
+    def __enter__(self) -> _Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_three_node_fedavg_and_clean_shutdown(smoke_app: Path, tmp_path: Path) -> None:
+    out = tmp_path / "server-out.json"
+    home = tmp_path / "home"  # stands in for the user's home: ~/.flwr must not appear
+    home.mkdir()
+    runtime = LocalSimulationRuntime(
+        smoke_app, num_supernodes=3, num_cpus_per_client=1, env={"HOME": str(home)},
+        log_dir=tmp_path / "logs",
+    )  # fmt: skip
+    with runtime, _Watcher(runtime) as watcher:
+        result = runtime.run(
+            {"num-server-rounds": 2, "min-nodes": 3, "out-path": str(out)}, timeout=240
+        ).check()
+        temp_dir = runtime.temp_dir
+        superlink_pid = runtime.superlink.pid if runtime.superlink else -1
+
+    assert result.returncode == 0 and result.status == "finished:completed"
+    assert result.run_id is not None and f"run {result.run_id}" in result.stdout
+    summary = json.loads(out.read_text())
+    assert summary["run-id"] == result.run_id
+    # 3 distinct nodes (partitions 0, 1, 2 of 3) answered in both rounds.
+    for rnd in ("1", "2"):
+        parts = summary["participants"][rnd]
+        assert [p["partition-id"] for p in parts] == [0, 1, 2]
+        assert {p["num-partitions"] for p in parts} == {3}
+        assert len({p["node-id"] for p in parts}) == 3
+    want = expected_fedavg(num_nodes=3, rounds=2)  # 2 * 14/6
+    assert summary["final-arrays"] == [pytest.approx([want, want])]
+    # Working directory is the app dir; the code runs from the FAB installed in the
+    # private FLWR_HOME.
+    assert Path(summary["cwd"]) == smoke_app
+    assert Path(summary["module-file"]).is_relative_to(temp_dir / "flwr_home" / "apps")
+
+    # Nothing survives: the SuperLink, SuperExec, flwr-simulation, Ray processes.
+    cmds = " | ".join(watcher.seen.values())
+    assert "flower-superlink" in cmds and "flwr-simulation" in cmds, cmds
+    assert superlink_pid in watcher.seen
+    leftovers = {pid: cmd for pid, cmd in watcher.seen.items() if running(pid)}
+    assert leftovers == {}
+    assert runtime.alive_processes() == {}
+    assert not temp_dir.exists()
+    assert not (home / ".flwr").exists()
+    assert (tmp_path / "logs" / "superlink.log").is_file()  # caller's log dir is kept
+
+
+def test_failed_and_timed_out_runs_leave_nothing_behind(smoke_app: Path) -> None:
+    runtime = LocalSimulationRuntime(smoke_app, num_supernodes=2, num_cpus_per_client=1)
+    with runtime, _Watcher(runtime) as watcher:
+        failed = runtime.run({"fail": True}, timeout=120)
+        assert failed.status == "finished:failed"
+        assert not failed.ok
+        with pytest.raises(FlowerRunError, match="status finished:failed"):
+            failed.check()
+        start = time.monotonic()
+        with pytest.raises(FlowerRunTimeout):
+            runtime.run({"sleep-s": 120.0}, timeout=8)
+        assert time.monotonic() - start < 60
+    assert {pid for pid in watcher.seen if running(pid)} == set()
+    assert runtime.alive_processes() == {}
+
+
+def test_app_dir_without_pyproject_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="pyproject.toml"):
+        LocalSimulationRuntime(tmp_path, num_supernodes=2)
