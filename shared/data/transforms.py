@@ -32,6 +32,31 @@ def _labels_getter(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     return tuple(sample[k] for k in ("labels", "morphology") if k in sample)
 
 
+class SanitizeBoxesKeepMask(v2.Transform):
+    """``SanitizeBoundingBoxes`` that leaves the (union) lesion mask alone.
+
+    torchvision filters any ``tv_tensors.Mask`` with the per-box validity vector,
+    assuming one mask per box; our mask is the union of all lesions (1 channel), so it
+    would vanish whenever a single box is dropped. This wrapper takes masks out of the
+    dict sample, sanitises boxes together with ``labels``/``morphology`` and puts the
+    masks back unchanged.
+    """
+
+    def __init__(self, min_size: float = 1.0, min_area: float = 1.0) -> None:
+        super().__init__()
+        self.inner = v2.SanitizeBoundingBoxes(
+            min_size=min_size, min_area=min_area, labels_getter=_labels_getter
+        )
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs[0] if len(inputs) == 1 else inputs
+        if not isinstance(sample, dict):
+            raise TypeError("SanitizeBoxesKeepMask expects a dict sample (see to_tv_sample)")
+        masks = {k: v for k, v in sample.items() if isinstance(v, tv_tensors.Mask)}
+        out = self.inner({k: v for k, v in sample.items() if k not in masks})
+        return {k: masks[k] if k in masks else out[k] for k in sample}
+
+
 def build_transforms(
     image_size: int,
     *,
@@ -101,7 +126,7 @@ def build_transforms(
     steps += [
         v2.Resize((image_size, image_size), antialias=True),
         v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_labels_getter),
+        SanitizeBoxesKeepMask(min_size=min_box_size),
         v2.ToDtype(torch.float32, scale=True),
     ]
     if normalize:
