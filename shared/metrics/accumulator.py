@@ -28,7 +28,8 @@ Conventions and definitions (see also ``docs/ARCHITECTURE.md``):
   detection of the same class with score ``>= loc_score_threshold`` (default 0.5, a
   "shown to the endoscopist" decision); the share of lesions with best IoU ``>= t``
   for each ``t`` in ``loc_thresholds``, overall, per morphology and per class. Lesions
-  with unknown morphology (``-1``) count in the overall row and in an ``"unknown"`` row.
+  with unknown morphology (``-1``) count in the overall row and, when
+  ``morphology_names`` is given, in an ``"unknown"`` row.
 * Segmentation: per-image Dice / IoU of ``mask_prob >= 0.5`` (an image whose truth and
   prediction are both empty scores 1.0), averaged over images (``dice``, ``iou``),
   over images with a non-empty truth only (``dice_lesion``, ``iou_lesion``) and pooled
