@@ -89,13 +89,17 @@ class ImprovedSSD(nn.Module):
         """Anchors ``(A, 4)`` XYXY pixels for a square ``image_size`` input (cached)."""
         if image_size not in self._anchor_cache:
             device = next(self.parameters()).device
-            self._anchor_cache[image_size] = generate_anchors(
-                self.feature_sizes(image_size),
-                image_size,
-                self.config.aspect_ratios,
-                self.config.scales,
-                device=None if device.type == "meta" else device,
-            )
+            sizes = self.feature_sizes(image_size)
+            if device.type == "meta":  # shape-only model (e.g. to count parameters)
+                per_loc = anchors_per_location(self.config.aspect_ratios)
+                n = sum(h * w * a for (h, w), a in zip(sizes, per_loc, strict=True))
+                anchors = torch.empty((n, 4), device=device)
+            else:
+                anchors = generate_anchors(
+                    sizes, image_size, self.config.aspect_ratios, self.config.scales,
+                    device=device,
+                )
+            self._anchor_cache[image_size] = anchors
         anchors = self._anchor_cache[image_size]
         buf = self._buffers.get("anchors")
         return anchors.to(buf.device) if buf is not None else anchors
