@@ -126,7 +126,7 @@ def test_overlay_ground_truth_matches_the_pixels() -> None:
         # Outside all overlays, inside the clinical box, there is tissue (not black).
         x0, y0, x1, y1 = f.clinical_box.astype(int)
         assert np.median(gray[y0:y1, x0:x1]) > 40
-    assert panels > 0 and tubes >= 0
+    assert panels > 0 and tubes > 0  # both kinds occur in 30 frames
 
 
 def test_device_profiles_give_sites_different_colours() -> None:
@@ -221,12 +221,13 @@ def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
     parser = argparse.ArgumentParser()
     synth.register(parser.add_subparsers())
-    args = parser.parse_args([str(tmp_path / "out"), "--sites", "2", "--images-per-site", "3",
-                              "--seed", "4", "--size", "48", "--classes", "polyp,cancer"])
+    args = parser.parse_args(["synth", str(tmp_path / "out"), "--sites", "2",
+                              "--images-per-site", "3", "--seed", "4", "--size", "48",
+                              "--classes", "polyp,cancer"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "2 synthetic sites" in out and "site_2" in out
     assert len(list((tmp_path / "out" / "site_2" / "images").glob("*.png"))) == 3
-    bad = parser.parse_args([str(tmp_path / "x"), "--classes", "normal"])
+    bad = parser.parse_args(["synth", str(tmp_path / "x"), "--classes", "normal"])
     with pytest.raises(SystemExit):
         bad.func(bad)
