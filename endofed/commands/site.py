@@ -89,9 +89,8 @@ def _print_tables(s: dict[str, Any]) -> None:
             console.print(t)
 
     if s["problems"]:
-        t = Table(title=f"Problems ({len(s['problems'])} skipped)")
-        t.add_column("file")
-        t.add_column("reason")
+        # one unwrapped line per problem: easy to grep and to copy a path from
+        console.print(f"[bold red]Problems ({len(s['problems'])} skipped):[/]")
         for p in s["problems"]:
-            t.add_row(p["path"], p["reason"])
-        console.print(t)
+            console.print(f"  {p['path']}: {p['reason']}", soft_wrap=True, markup=False,
+                          highlight=False)
