@@ -154,7 +154,7 @@ def _panels(dark: np.ndarray, hull: np.ndarray) -> list[tuple[int, int, int, int
     reaches into the field-of-view hull (an octagon's corner triangle never does)."""
     h, w = dark.shape
     closed = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) > 0
-    inside = hull > 0
+    inside = cv2.erode(hull, np.ones((5, 5), np.uint8)) > 0  # rounding on the hull edge
     out = []
     for flip_y in (False, True):
         for flip_x in (False, True):
@@ -163,16 +163,19 @@ def _panels(dark: np.ndarray, hull: np.ndarray) -> list[tuple[int, int, int, int
             # leading dark run of each row, then the widest rectangle from the corner
             run = np.where(d.all(axis=1), w, np.argmin(d, axis=1))
             width = np.minimum.accumulate(run)
-            area = width * np.arange(1, h + 1)
-            k = int(np.argmax(area))
+            # of all corner rectangles [0, width[k]) x [0, k], take the one covering the
+            # most field-of-view hull (a side strip covers none, a panel a lot)
+            ins = inside[::-1] if flip_y else inside
+            ins = ins[:, ::-1] if flip_x else ins
+            integral = cv2.integral(ins.astype(np.uint8))  # (h+1, w+1)
+            covered = integral[np.arange(1, h + 1), width]
+            k = int(np.argmax(covered))
             rw, rh = int(width[k]), k + 1
-            if area[k] < 0.004 * h * w or rw < 6 or rh < 6:
+            if covered[k] < max(0.002 * h * w, 30) or rw < 6 or rh < 6:
                 continue
+            share_inside = float(covered[k]) / float(rw * rh)
             x0, x1 = (w - rw, w) if flip_x else (0, rw)
             y0, y1 = (h - rh, h) if flip_y else (0, rh)
-            share_inside = float(inside[y0:y1, x0:x1].mean())
-            if share_inside < 0.3:
-                continue
             out.append((x0, y0, x1, y1, min(1.0, share_inside / 0.6)))
     return out
 
@@ -190,15 +193,16 @@ def _border_boxes(outside: np.ndarray, min_area: float) -> list[tuple[int, int, 
         return [(0, 0, w, h, "border")] if np.count_nonzero(outside) > min_area else []
     fx0, fx1, fy0, fy1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
     cut = outside.copy()
-    # one-pixel cut lines along the hull's bounding box split strips from corner pieces
+    # one-pixel cut lines along the hull's bounding box split the side strips (full
+    # height) and the top/bottom strips (hull width) from the corner pieces
     if fx0 > 0:
         cut[:, fx0 - 1] = 0
     if fx1 < w:
         cut[:, fx1] = 0
     if fy0 > 0:
-        cut[fy0 - 1, :] = 0
+        cut[fy0 - 1, fx0:fx1] = 0
     if fy1 < h:
-        cut[fy1, :] = 0
+        cut[fy1, fx0:fx1] = 0
     n, _, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
     out = []
     for i in range(1, n):
@@ -210,7 +214,7 @@ def _border_boxes(outside: np.ndarray, min_area: float) -> list[tuple[int, int, 
         x0 = x0 - 1 if x0 == fx1 + 1 else x0
         y0 = y0 - 1 if y0 == fy1 + 1 else y0
         x1 = x1 + 1 if x1 == fx0 - 1 else x1
-        y1 = y1 + 1 if y1 == fy0 - 1 else y1
+        y1 = y1 + 1 if y1 == fy0 - 1 and x0 >= fx0 - 1 else y1
         strip = x1 <= fx0 or x0 >= fx1 or y1 <= fy0 or y0 >= fy1
         fill = area / float(bw * bh)
         out.append((x0, y0, x1, y1, "border" if strip or fill < 0.8 else "box"))
@@ -252,23 +256,23 @@ def _text(
         return [], np.zeros((h, w), bool)
     for i in range(1, n):
         bw, bh = stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT]
-        if bh < 5 or bh > max_h or bw < 1.5 * bh:
+        if bh < 5 or bh > max_h or bw < 2.0 * bh:
             continue
         sel = line_of == i
         count = int(sel.sum())
-        if count < 3:
-            continue
-        # stroke width ~ area / (perimeter-ish length); text strokes are thin
-        fill = sarea[sel].sum() / float(bw * bh)
-        thin = sarea[sel] / np.maximum(sh[sel] + sw[sel], 1)  # ~ half the stroke width
         heights = sh[sel]
         tall = heights >= 0.45 * bh
-        if fill > 0.6 or np.median(thin) > 3.0 or tall.sum() < 2:
+        # small anti-aliased text merges into one component: then it must be wide
+        if count == 0 or (count == 1 and sw[sel].max() < 2.5 * bh) or not tall.any():
+            continue
+        fill = sarea[sel].sum() / float(bw * bh)
+        thin = sarea[sel] / np.maximum(sh[sel] + sw[sel], 1)  # ~ half the stroke width
+        if fill > 0.6 or np.median(thin) > 3.5:
             continue
         # characters of one line share a height
         hs = heights[tall]
         spread = float(np.std(hs) / max(np.mean(hs), 1))
-        score = float(np.clip(1.0 - spread, 0.0, 1.0)) * min(1.0, count / 6.0)
+        score = float(np.clip(1.0 - spread, 0.0, 1.0)) * min(1.0, 0.5 + count / 8.0)
         if score < 0.3:
             continue
         keep[i] = True
@@ -277,9 +281,13 @@ def _text(
     text_mask = np.zeros((h, w), bool)
     for i in np.nonzero(keep)[0]:
         x, y, bw, bh, _ = stats[i]
-        boxes.append((int(x), int(y), int(x + bw), int(y + bh), float(scores[i])))
-        region = lab[y : y + bh, x : x + bw] == i
-        text_mask[y : y + bh, x : x + bw] |= region & (strokes[y : y + bh, x : x + bw] > 0)
+        region = (lab[y : y + bh, x : x + bw] == i) & (strokes[y : y + bh, x : x + bw] > 0)
+        text_mask[y : y + bh, x : x + bw] |= region
+        ys, xs = np.nonzero(region)  # tight box of the strokes, not of the dilated line
+        boxes.append(
+            (int(x + xs.min()), int(y + ys.min()), int(x + xs.max() + 1), int(y + ys.max() + 1),
+             float(scores[i]))
+        )
     return boxes, text_mask
 
 
