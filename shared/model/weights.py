@@ -117,11 +117,19 @@ def load_weights(model: ImprovedSSD, path: str | Path) -> None:
 
 
 def _load_checkpoint_state(model: ImprovedSSD, ckpt: Mapping[str, Any], path: Path) -> None:
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    saved = ckpt.get("config", {})
+    where = (
+        f"checkpoint {path} (preset {saved.get('name')!r}, {ckpt.get('num_classes')} classes) "
+        f"does not fit the model (preset {model.config.name!r}, {model.num_classes} classes)"
+    )
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[1:2]
+        raise ValueError(f"{where}: {first[0].strip() if first else exc}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"checkpoint {path} does not fit preset {model.config.name!r}: missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"{where}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     log.info("%s: loaded full EndoFed checkpoint (%d tensors)", path, len(ckpt["state_dict"]))
 
