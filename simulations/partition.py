@@ -8,7 +8,8 @@ records in their input order.
 
 Schemes (by name, see :data:`PARTITIONERS` and :func:`partition`):
 
-* ``"iid"``: groups shuffled and dealt out so that sites have about equal sizes.
+* ``"iid"``: groups shuffled and dealt out (stratified by image-level label) so that
+  sites have about equal sizes and the same label mix.
 * ``"dirichlet:ALPHA"``: label and quantity skew -- for each image-level class, the
   share of its groups that each site gets is drawn from ``Dirichlet(ALPHA)`` (Hsu et
   al., 2019). Small ``ALPHA`` (0.1) gives very different sites, large (100) about IID.
@@ -67,14 +68,19 @@ def _materialize(
 
 
 def partition_iid(records: Sequence[SampleRecord], k: int, seed: int = 0) -> Partition:
-    """Shuffle the groups and give each to the currently smallest site."""
+    """Shuffle the groups and deal them, label by label, to the currently smallest site.
+
+    Dealing one image-level label after the other stratifies the split: every site
+    gets about the same number of images and the same label mix.
+    """
     order, members = _groups(records)
     _check_k(records, k, len(order))
     rng = np.random.default_rng(seed)
+    shuffled = [order[int(i)] for i in rng.permutation(len(order))]
+    shuffled.sort(key=lambda g: _group_label(records, members[g]))  # stable: random within
     sizes = np.zeros(k, np.int64)
     site_of: dict[str, int] = {}
-    for gi in rng.permutation(len(order)):
-        g = order[int(gi)]
+    for g in shuffled:
         s = int(np.argmin(sizes))  # ties: lowest site index
         site_of[g] = s
         sizes[s] += len(members[g])
