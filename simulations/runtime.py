@@ -380,10 +380,16 @@ class _FlowerProcesses:
             return
         self._stopped = True
         stop_all(self.processes, self.token)
-        leftovers = marked_processes(self.token)
-        if leftovers:  # should not happen; never leave a process behind
-            logger.error("processes survived shutdown, killing: %s", sorted(leftovers))
+        # Ray may still be forking workers while it dies: sweep until nothing is left.
+        for _ in range(5):
+            leftovers = marked_processes(self.token)
+            if not leftovers:
+                break
+            logger.info("killing processes that outlived shutdown: %s", sorted(leftovers))
             kill_remaining(leftovers, grace=1.0)
+            time.sleep(0.2)
+        else:
+            logger.error("processes %s could not be stopped", sorted(marked_processes(self.token)))
         if not self.keep_temp:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 

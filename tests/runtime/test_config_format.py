@@ -96,7 +96,9 @@ def test_federation_config_is_accepted_by_flwr() -> None:
     assert proto.init_args_logging_level == "ERROR"
 
 
-def test_flower_config_file_is_read_by_flwr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flower_config_file_is_read_by_flwr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flwr.cli.flower_config import read_superlink_connection
 
     write_flower_config(tmp_path, SuperLinkConnection("private-x", "127.0.0.1:45678"))

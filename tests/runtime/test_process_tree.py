@@ -10,7 +10,15 @@ from pathlib import Path
 
 from simulations.process_tree import marked_processes, spawn, stop_all
 
-from runtime_helpers import running
+
+def running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
 
 # A parent that starts a grandchild in a *new session* (as flower-superlink does with
 # flower-superexec), writes its pid, ignores SIGTERM and sleeps.
