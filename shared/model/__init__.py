@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from shared.model.export import export_onnx
 from shared.model.loss import LossOutput, compute_loss, sigmoid_focal_loss, structure_loss
 from shared.model.postprocess import PostprocessOutput, image_probabilities
 from shared.model.presets import PRESETS, SSDConfig, available_presets, get_preset
@@ -35,6 +36,7 @@ __all__ = [
     "available_presets",
     "build_model",
     "compute_loss",
+    "export_onnx",
     "get_preset",
     "image_probabilities",
     "load_backbone_weights",
