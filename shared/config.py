@@ -195,7 +195,12 @@ class PrivacyConfig:
     delta: float = field(default=1e-5, metadata={"key": "dp-delta"})
     max_grad_norm: float = field(default=1.0, metadata={"key": "dp-max-grad-norm"})
     accountant: str = field(default="prv", metadata={"key": "dp-accountant"})
+    # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = no cap.
+    max_physical_batch_size: int = field(
+        default=0, metadata={"key": "dp-max-physical-batch-size"}
+    )
     secagg: bool = False
+    # Where the site's privacy ledger lives (node config); None = privacy.ledger default.
     state_dir: Path | None = None
 
     @property
@@ -207,6 +212,15 @@ class PrivacyConfig:
             raise ConfigError(f"config key 'dp-epsilon': must be >= 0, got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ConfigError(f"config key 'dp-delta': must be in (0, 1), got {self.delta}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(
+                f"config key 'dp-max-grad-norm': must be > 0, got {self.max_grad_norm}"
+            )
+        if self.max_physical_batch_size < 0:
+            raise ConfigError(
+                "config key 'dp-max-physical-batch-size': must be >= 0 (0 = no cap), "
+                f"got {self.max_physical_batch_size}"
+            )
 
 
 @dataclass(frozen=True)
