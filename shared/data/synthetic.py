@@ -246,6 +246,11 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, ch: int
     return out.reshape(h, w, ch) if ch > 1 else out.reshape(h, w)
 
 
+def _rgb(m: np.ndarray) -> np.ndarray:
+    """A one-channel float map repeated to three channels (for fast cv2 arithmetic)."""
+    return cv2.merge([m, m, m])
+
+
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0.2:
         return a
@@ -399,19 +404,18 @@ def _tissue(rng: np.random.Generator, geo: _Geometry, tint: np.ndarray):
     vessels = np.zeros((h, w), np.float32)
     step = s * 0.02
     for _ in range(int(rng.integers(3, 12))):
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        a = rng.uniform(0, 2 * np.pi)
-        pts = [(x, y)]
-        for _ in range(int(rng.integers(15, 50))):
-            a += rng.normal(0, 0.35)
-            x += step * math.cos(a)
-            y += step * math.sin(a)
-            pts.append((x, y))
-        poly = np.round(np.array(pts)).astype(np.int32)
+        start = rng.uniform((0, 0), (w, h))
+        ang = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.35, int(rng.integers(15, 50))))
+        steps = step * np.stack([np.cos(ang), np.sin(ang)], 1)
+        pts = np.concatenate([start[None], start + np.cumsum(steps, 0)])
+        poly = np.round(pts).astype(np.int32)
         strength = float(rng.uniform(0.3, 0.8))
         cv2.polylines(vessels, [poly], False, strength, max(1, s // 300), cv2.LINE_AA)
-    vessels = np.clip(_blur(vessels, s * 0.002), 0, 1)[..., None]
-    img *= detail[..., None] * (1.0 - vessels * (1.0 - _VESSEL_GAIN))
+    vessels = np.clip(_blur(vessels, s * 0.002), 0, 1)
+    # Vessel darkening per channel: 1 - v * (1 - gain_c), as one affine colour transform.
+    vmat = np.array([[-(1 - g), 1.0] for g in _VESSEL_GAIN], np.float32)
+    factor = cv2.transform(vessels[..., None], vmat)
+    img = cv2.multiply(cv2.multiply(img, _rgb(detail.astype(np.float32))), factor)
     return img, lumen, vignette
 
 
@@ -606,22 +610,22 @@ def _highlights(rng: np.random.Generator, img: np.ndarray, geo: _Geometry) -> No
             max(1, int(s * rng.uniform(0.002, 0.01))),
         )
         cv2.ellipse(hl, c, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
-    hl = np.clip(_blur(hl, s * 0.002), 0, 1)[..., None]
-    img[:] = img * (1 - hl) + hl
+    hl = _rgb(np.clip(_blur(hl, s * 0.002), 0, 1))
+    img[:] = cv2.add(cv2.multiply(img, 1 - hl), hl)
 
 
 def _apply_device(rng: np.random.Generator, img: np.ndarray, p: DeviceProfile) -> np.ndarray:
     s = min(img.shape[:2])
-    out = np.clip(img * np.asarray(p.gain, np.float32) + p.brightness, 0, 1)
-    out = out ** np.float32(p.gamma)
+    affine = np.concatenate([np.diag(p.gain), np.full((3, 1), p.brightness)], 1)
+    out = np.clip(cv2.transform(img, affine.astype(np.float32)), 0, 1)
+    out = cv2.pow(out, float(p.gamma))
     if p.sharpness < 0:
         out = _blur(out, -p.sharpness * s / 256)
     elif p.sharpness > 0:
         out = out + p.sharpness * (out - _blur(out, max(0.8, s / 256)))
     # Sensor noise (luminance).
     noise = rng.standard_normal(out.shape[:2], dtype=np.float32) * np.float32(p.noise_sigma)
-    out = out + noise[..., None]
-    return np.clip(out, 0, 1)
+    return np.clip(cv2.add(out, _rgb(noise)), 0, 1)
 
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -746,18 +750,19 @@ def render_frame(
     mask, boxes, labels, morphs = _place_lesions(rng, img, geo, clinical, lumen, cfg)
     _highlights(rng, img, geo)
 
-    img *= vignette[..., None]
+    img = cv2.multiply(img, _rgb(vignette))
 
     img = _apply_device(rng, img, profile)
     if overlays:
-        dark = rng.uniform(0, 0.012, (h, w, 1)).astype(np.float32)
-        img = np.where(geo.fov_mask[..., None], img, dark)
+        # Black background (with a little noise) outside the field of view and in the panel.
+        dark = _rgb(rng.random((h, w), dtype=np.float32) * np.float32(0.012))
+        img = cv2.copyTo(img, geo.fov_mask.astype(np.uint8), dark.copy())
         for kind, (x0, y0, x1, y1) in geo.overlays:
             if kind == "box":
                 img[y0:y1, x0:x1] = dark[y0:y1, x0:x1]
         _draw_text(img, text)
 
-    image = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    image = cv2.convertScaleAbs(np.clip(img, 0, 1), alpha=255.0)  # rounds, saturates
     ob = [b for _, b in geo.overlays]
     return SyntheticFrame(
         image=image,
