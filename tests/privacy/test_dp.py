@@ -1,0 +1,168 @@
+"""DP-SGD at a site with real Opacus on the tiny preset (64 px, six images)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from client.training import BudgetExhausted, local_train
+from privacy.accounting import compute_epsilon
+from privacy.dp import get_dp_site, poisson_sample_rate, poisson_steps_per_epoch
+from shared.data.collate import Batch
+from shared.engine import Trainer
+from shared.model import trainable_state
+
+
+def _weights(rt) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in trainable_state(rt.model).items()}
+
+
+def test_sample_rate_gives_exact_epoch_length() -> None:
+    for k in range(1, 2000):
+        q = poisson_sample_rate(k)
+        assert int(1.0 / q) == k
+        assert abs(q - 1.0 / k) < 1e-12
+    assert poisson_steps_per_epoch(6, 4) == 2
+    assert poisson_steps_per_epoch(3, 8) == 1
+
+
+def test_rounds_restart_and_budget(make_runtime) -> None:
+    """Three rounds spend the budget; a restart keeps it; a lowered target declines."""
+    rt = make_runtime()
+    site = get_dp_site(rt)
+    assert site.steps_per_epoch == 2 and site.sample_rate == 0.5
+    assert site.optimizer.expected_batch_size == 3  # int(6 images x 0.5)
+    weights = _weights(rt)
+    spent = []
+    for r in (1, 2, 3):
+        weights, metrics = local_train(rt, weights, {"server-round": r})
+        for key in ("epsilon-spent", "epsilon-target", "dp-noise-multiplier", "dp-sample-rate"):
+            assert key in metrics
+        assert metrics["dp-sample-rate"] == 0.5
+        assert metrics["epsilon-target"] == 8.0
+        assert metrics["dp-steps"] == 2.0  # every logical step, empty ones included
+        spent.append(metrics["epsilon-spent"])
+    assert spent[0] > 0 and spent == sorted(spent)
+    assert spent[0] < spent[1] < spent[2] <= 8.0
+    assert spent[2] >= 0.5 * 8.0, "noise is absurdly conservative"
+    # The reported epsilon is what an independent accountant says about the steps.
+    sigma = metrics["dp-noise-multiplier"]
+    assert spent[2] == pytest.approx(
+        compute_epsilon([(sigma, 0.5, 6)], delta=1e-5, accountant="rdp"), rel=1e-6
+    )
+    ledger_file = site.ledger.path
+    payload = json.loads(ledger_file.read_text())
+    assert [r["round"] for r in payload["rounds"]] == [1, 2, 3]
+    assert all(r["status"] == "done" for r in payload["rounds"])
+    assert payload["epsilon_spent"] == pytest.approx(spent[2])
+
+    # A restarted SuperNode (new runtime, new objects) on the same state dir.
+    rt2 = make_runtime()
+    site2 = get_dp_site(rt2)
+    assert site2 is not site
+    assert site2.ledger.epsilon_spent() == pytest.approx(spent[2])
+
+    # Lowering the target below what is spent: declined before any training.
+    rt3 = make_runtime(**{"dp-epsilon": 4.0})
+    arrays = {k: v + 0.5 for k, v in _weights(rt3).items()}
+    before_file = ledger_file.read_text()
+    with pytest.raises(BudgetExhausted) as info:
+        local_train(rt3, arrays, {"server-round": 4})
+    assert info.value.metrics["epsilon-spent"] == pytest.approx(spent[2])
+    assert info.value.metrics["epsilon-target"] == 4.0
+    after = _weights(rt3)
+    for k, v in arrays.items():  # the global weights, untouched by any step
+        np.testing.assert_array_equal(after[k], v)
+    payload = json.loads(ledger_file.read_text())
+    assert len(payload["rounds"]) == 3
+    assert payload["epsilon_target"] == 4.0  # new target applies, spent stays
+    assert any(e["event"] == "epsilon_target-changed" for e in payload["events"])
+    assert json.loads(before_file)["history"] == payload["history"]
+
+
+def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:
+    rt = make_runtime()
+    site = get_dp_site(rt)
+    site.optimizer.noise_multiplier = 2.0
+    site.accountant.history = []
+    params = {id(p): p.detach().clone() for p in site.optimizer.params}
+    site.empty_step()
+    assert site.accountant.history == [(2.0, 0.5, 1)]
+    grads = torch.cat([p.grad.flatten() for p in site.optimizer.params])
+    # Pure noise N(0, (sigma * C)^2) divided by the expected batch size (mean loss).
+    expected_std = 2.0 * 1.0 / site.optimizer.expected_batch_size
+    assert grads.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert abs(grads.mean().item()) < 0.05 * expected_std
+    moved = sum(not torch.equal(p.detach(), params[id(p)]) for p in site.optimizer.params)
+    assert moved == len(params)
+
+
+def test_empty_batch_from_poisson_loader_reaches_the_hook(make_runtime) -> None:
+    """An empty Poisson draw is a shaped empty Batch and the trainer steps through it."""
+    rt = make_runtime()
+    site = get_dp_site(rt)
+    # Draw until an empty batch appears (q = 0.5 over 6 images: P(empty) = 1/64).
+    empties = []
+    for _, b in zip(range(3000), _forever(site.loader)):
+        assert isinstance(b, Batch)
+        if len(b) == 0:
+            empties.append(b)
+            break
+    assert empties, "no empty Poisson draw in 3000 batches"
+    assert empties[0].images.shape == (0, 3, 64, 64)
+    assert empties[0].boxes.shape[1:] == (rt.cfg.data.max_boxes, 4)
+    calls = []
+    trainer = Trainer(site.module, rt.cfg.train, device=rt.device, optimizer=site.optimizer,
+                      on_empty_batch=lambda: calls.append(site.empty_step()), progress=False)
+    site.accountant.history = []
+    stats = trainer.train_epoch([empties[0]])
+    assert stats.empty_batches == 1 and len(calls) == 1
+    assert sum(s for *_, s in site.accountant.history) == 1
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def test_per_sample_clipping_is_on(make_runtime) -> None:
+    rt = make_runtime(**{"dp-max-grad-norm": 1e-3})
+    site = get_dp_site(rt)
+    site.optimizer.noise_multiplier = 0.0
+    batch = next(b for b in _forever(site.logical_loader) if len(b) >= 2)
+    trainer = Trainer(site.module, rt.cfg.train, device=rt.device, optimizer=site.optimizer,
+                      progress=False)
+    trainer.train_step(batch)
+    params = site.optimizer.params
+    assert params and all(p.grad_sample is not None for p in params)
+    assert all(p.grad_sample.shape == (len(batch), *p.shape) for p in params)
+    per_sample = torch.stack(
+        [p.grad_sample.reshape(len(batch), -1).norm(dim=1) for p in params], dim=1
+    ).norm(dim=1)
+    assert (per_sample > 1e-3).all(), "raw per-sample gradients should exceed the clip bound"
+    summed = torch.cat([p.summed_grad.flatten() for p in params]).norm()
+    assert summed <= len(batch) * 1e-3 * (1 + 1e-4)
+
+
+def test_batch_memory_manager_caps_physical_batches(make_runtime) -> None:
+    rt = make_runtime(**{"batch-size": 8, "dp-max-physical-batch-size": 2,
+                         "num-server-rounds": 1})
+    site = get_dp_site(rt)
+    assert site.steps_per_epoch == 1 and site.optimizer.expected_batch_size == 6
+    sizes = []
+    for batch in site.loader:
+        assert isinstance(batch, Batch)
+        sizes.append(len(batch))
+    assert max(sizes) <= 2
+
+
+@pytest.mark.slow
+def test_batch_memory_manager_round_counts_logical_steps(make_runtime) -> None:
+    rt = make_runtime(**{"batch-size": 8, "dp-max-physical-batch-size": 2,
+                         "num-server-rounds": 1})
+    _, metrics = local_train(rt, _weights(rt), {"server-round": 1})
+    assert metrics["dp-steps"] == 1.0  # one logical step, however many physical batches
+    assert 0 < metrics["epsilon-spent"] <= 8.0
