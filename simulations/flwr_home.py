@@ -61,8 +61,7 @@ def toml_value(value: ConfigValue) -> str:
                 out.append(ch)
         return '"' + "".join(out) + '"'
     raise TypeError(
-        f"config value {value!r} has type {type(value).__name__}; "
-        "expected str, bool, int or float"
+        f"config value {value!r} has type {type(value).__name__}; expected str, bool, int or float"
     )
 
 

@@ -347,9 +347,16 @@ class _FlowerProcesses:
             if stream:  # stream ended with the run; status settles within seconds
                 status = self._final_status(run_id, timeout=15.0)
             else:
-                status = self._final_status(run_id, timeout=remaining or 3600.0)
-            if not (status or "").startswith("finished") and not stream:
-                returncode = None  # treat as timed out
+                status = self._final_status(
+                    run_id, timeout=math.inf if remaining is None else remaining
+                )
+            if not stream and status is None:
+                raise FlowerRunError(
+                    f"run {run_id} was submitted but its status cannot be read "
+                    f"(`flwr ls`); see {self.log_dir}"
+                )
+            if not stream and not status.startswith("finished"):
+                returncode = None  # did not finish in time
         if returncode is None:
             if run_id is not None:
                 stop = self.flwr("stop", str(run_id), CONNECTION_NAME, timeout=60.0)
@@ -370,9 +377,21 @@ class _FlowerProcesses:
         return result.check() if check else result
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self) -> Self:
-        """Start the processes and wait until they are ready."""
+    def _start(self) -> None:
         raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start the processes and wait until they are ready (all stopped on failure)."""
+        if self._stopped:
+            raise RuntimeError("this runtime was stopped; create a new one")
+        if self.superlink is not None:
+            return self
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         """Stop every process we started (and their descendants); remove temp dirs."""
@@ -398,11 +417,7 @@ class _FlowerProcesses:
         return marked_processes(self.token)
 
     def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+        return self.start()
 
     def __exit__(
         self,
@@ -482,9 +497,8 @@ class LocalSimulationRuntime(_FlowerProcesses):
     def _extra_run_args(self) -> list[str]:
         return ["--federation-config", format_federation_config(self.federation_config)]
 
-    def start(self) -> Self:
+    def _start(self) -> None:
         self._start_superlink()
-        return self
 
 
 def simulation_federation_config(
@@ -630,12 +644,11 @@ class LocalDeployment(_FlowerProcesses):
             f"{timeout or self.startup_timeout:.0f}s; logs in {self.log_dir}"
         )
 
-    def start(self) -> Self:
+    def _start(self) -> None:
         self._start_superlink()
         for i in range(len(self.sites)):
             self._start_supernode(i)
         self.wait_for_nodes()
-        return self
 
     def kill_supernode(self, i: int) -> None:
         """Stop SuperNode ``i`` (its whole process tree)."""
@@ -670,8 +683,9 @@ def _kill_group(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
 
 
 def _wait_http_health(port: int, proc: ManagedProcess, timeout: float) -> None:
-    """Poll ``http://127.0.0.1:port/health`` until it answers 2xx."""
+    """Poll ``http://127.0.0.1:port/health`` until ``proc`` itself answers 2xx."""
     url = f"http://127.0.0.1:{port}/health"
+    bound_marker = f"running on http://127.0.0.1:{port} "
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.running():
@@ -681,10 +695,13 @@ def _wait_http_health(port: int, proc: ManagedProcess, timeout: float) -> None:
             )
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
-                if 200 <= response.status < 300:
-                    return
+                healthy = 200 <= response.status < 300
         except (urllib.error.URLError, OSError):
-            pass
+            healthy = False
+        # The answer must come from *our* process (the free port may have been taken
+        # by another SuperLink in between): it logs the address it bound.
+        if healthy and bound_marker in proc.log_path.read_text(errors="replace"):
+            return
         time.sleep(0.2)
     raise FlowerRunError(
         f"{proc.name} did not answer {url} within {timeout:.0f}s; see {proc.log_path}"
@@ -701,4 +718,3 @@ def _refuse_legacy_federations(pyproject: Path) -> None:
             "would comment it out (editing the file); remove the section, "
             "LocalSimulationRuntime/LocalDeployment configure the federation themselves"
         )
-

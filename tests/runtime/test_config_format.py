@@ -26,7 +26,7 @@ def test_toml_value_scalars() -> None:
     assert toml_value(0.001) == "0.001"
     assert toml_value(2.0) == "2.0"
     assert toml_value("runs/demo") == '"runs/demo"'
-    assert toml_value('a\\b\n') == '"a\\\\b\\n"'
+    assert toml_value("a\\b\n") == '"a\\\\b\\n"'
     with pytest.raises(TypeError):
         toml_value([1, 2])  # type: ignore[arg-type]
 

@@ -70,8 +70,11 @@ def test_three_node_fedavg_and_clean_shutdown(smoke_app: Path, tmp_path: Path) -
         log_dir=tmp_path / "logs",
     )  # fmt: skip
     with runtime, _Watcher(runtime) as watcher:
+        probe = tmp_path / "probe"
+        probe.mkdir()
         result = runtime.run(
-            {"num-server-rounds": 2, "min-nodes": 3, "out-path": str(out)}, timeout=240
+            {"num-server-rounds": 2, "min-nodes": 3, "out-path": str(out), "probe-dir": str(probe)},
+            timeout=240,
         ).check()
         temp_dir = runtime.temp_dir
         superlink_pid = runtime.superlink.pid if runtime.superlink else -1
@@ -92,6 +95,8 @@ def test_three_node_fedavg_and_clean_shutdown(smoke_app: Path, tmp_path: Path) -
     # private FLWR_HOME.
     assert Path(summary["cwd"]) == smoke_app
     assert Path(summary["module-file"]).is_relative_to(temp_dir / "flwr_home" / "apps")
+    for pid in range(3):  # the ClientApps (Ray actors) share that working directory
+        assert Path(json.loads((probe / f"client-{pid}.json").read_text())["cwd"]) == smoke_app
 
     # Nothing survives: the SuperLink, SuperExec, flwr-simulation, Ray processes.
     cmds = " | ".join(watcher.seen.values())
@@ -119,9 +124,18 @@ def test_timed_out_run_is_stopped_and_leaves_nothing_behind(smoke_app: Path) -> 
 
 
 @pytest.mark.slow
-def test_failed_run_reports_failure(smoke_app: Path) -> None:
+def test_submitted_run_and_failed_run(smoke_app: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
     runtime = LocalSimulationRuntime(smoke_app, num_supernodes=2, num_cpus_per_client=1)
     with runtime, _Watcher(runtime) as watcher:
+        # Without --stream the CLI returns once the run is submitted; run() polls.
+        submitted = runtime.run(
+            {"num-server-rounds": 1, "out-path": str(out)}, stream=False, timeout=180
+        ).check()
+        assert submitted.status == "finished:completed"
+        want = expected_fedavg(num_nodes=2, rounds=1)
+        assert json.loads(out.read_text())["final-arrays"] == [pytest.approx([want, want])]
+
         failed = runtime.run({"fail": True}, timeout=180)
     assert failed.returncode == 0  # `flwr run --stream` exits 0 whatever the run did
     assert failed.status == "finished:failed"

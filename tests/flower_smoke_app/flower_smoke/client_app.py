@@ -7,7 +7,9 @@ expected FedAvg aggregate is known in closed form.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -26,10 +28,19 @@ def _partition(context: Context) -> int:
         ) from exc
 
 
+def _probe(context: Context, pid: int) -> None:
+    """Record where this ClientApp runs from (for the runtime documentation tests)."""
+    probe_dir = str(context.run_config.get("probe-dir", ""))
+    if probe_dir:
+        info = {"cwd": os.getcwd(), "module-file": str(Path(__file__).resolve())}
+        Path(probe_dir, f"client-{pid}.json").write_text(json.dumps(info), encoding="utf-8")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Return ``w + (p + 1) * delta`` with ``num-examples = 10 * (p + 1)``."""
     pid = _partition(context)
+    _probe(context, pid)
     delta = float(context.run_config["delta"])
     weights = msg.content["arrays"].to_numpy_ndarrays()
     updated = [w + (pid + 1) * delta for w in weights]

@@ -74,9 +74,7 @@ def main(grid: Grid, context: Context) -> None:
         "final-arrays": [a.tolist() for a in result.arrays.to_numpy_ndarrays()],
         "participants": {str(k): v for k, v in strategy.participants.items()},
         "train-metrics": {str(k): dict(v) for k, v in result.train_metrics_clientapp.items()},
-        "evaluate-metrics": {
-            str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()
-        },
+        "evaluate-metrics": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
         "run-config": {k: v for k, v in cfg.items()},
         "cwd": os.getcwd(),
         "module-file": str(Path(__file__).resolve()),
