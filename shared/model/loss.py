@@ -49,6 +49,13 @@ def sigmoid_focal_loss(
     return loss
 
 
+def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over the in-image part of each ``k x k`` window (separable, exact)."""
+    p = k // 2
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, p), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(p, 0), count_include_pad=False)
+
+
 def structure_loss(
     mask_logits: torch.Tensor, masks: torch.Tensor, *, kernel_size: int | None = None
 ) -> torch.Tensor:
@@ -59,9 +66,8 @@ def structure_loss(
         )
     if kernel_size is None:
         kernel_size = max(3, (masks.shape[-1] // 10) | 1)
-    pad = kernel_size // 2
-    local_mean = F.avg_pool2d(masks, kernel_size, stride=1, padding=pad, count_include_pad=False)
-    weight = 1.0 + 5.0 * (local_mean - masks).abs()
+    with torch.no_grad():
+        weight = 1.0 + 5.0 * (_box_mean(masks, kernel_size) - masks).abs()
     bce = F.binary_cross_entropy_with_logits(mask_logits, masks, reduction="none")
     wbce = (weight * bce).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
     prob = torch.sigmoid(mask_logits)

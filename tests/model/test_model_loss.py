@@ -82,3 +82,11 @@ def test_structure_loss_orders_predictions() -> None:
     # Low-resolution logits are upsampled to the mask size.
     low = torch.nn.functional.avg_pool2d(good, 8)
     assert structure_loss(low, mask)[0] < 0.5 * lb[0]
+
+
+def test_boundary_weights_use_an_exact_box_mean() -> None:
+    from shared.model.loss import _box_mean
+
+    x = (torch.rand(2, 1, 40, 37, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    ref = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+    torch.testing.assert_close(_box_mean(x, 9), ref)
