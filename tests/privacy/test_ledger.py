@@ -201,3 +201,14 @@ def test_default_state_root(tmp_path: Path) -> None:
     deployed = EndoFedConfig.from_flower({}, {"data-path": str(tmp_path / "data")})
     root = default_state_root(deployed)
     assert REPO not in root.resolve().parents and root.name == "state"
+
+
+def test_prv_is_the_default_and_calibrates_with_history() -> None:
+    history = [(1.0, 1 / 3, 3)]
+    sigma = calibrate_noise_multiplier(history=history, sample_rate=1 / 3, steps=6,
+                                       target_epsilon=8.0, delta=DELTA)
+    total = compute_epsilon([*history, (sigma, 1 / 3, 6)], delta=DELTA)
+    assert 0.99 * 8.0 <= total <= 8.0
+    # PRV is tighter than RDP: the same noise costs less epsilon.
+    assert total < compute_epsilon([*history, (sigma, 1 / 3, 6)], delta=DELTA,
+                                   accountant="rdp")
