@@ -1,5 +1,6 @@
 """Site preprocessing (paper 2.1.2): overlay detection, crop, median + Sym4 denoising, cache."""
 
+from shared.preprocessing.cache import SiteCache, SiteReport, cached_loader, preprocess_site
 from shared.preprocessing.config import PIPELINE_VERSION, PreprocessConfig
 from shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
 from shared.preprocessing.denoise import denoise, denoise_reference, wavelet_denoise
@@ -21,16 +22,20 @@ __all__ = [
     "CropBox",
     "OverlayBox",
     "OverlayDetection",
+    "SiteCache",
+    "SiteReport",
     "PreprocessConfig",
     "PreprocessInfo",
     "apply_crop",
     "available_detectors",
+    "cached_loader",
     "denoise",
     "denoise_reference",
     "find_crop",
     "get_detector",
     "inpaint_text",
     "preprocess_sample",
+    "preprocess_site",
     "register_detector",
     "wavelet_denoise",
 ]

@@ -1,0 +1,383 @@
+"""Per-site, content-addressed cache of preprocessed samples, and whole-site preprocessing.
+
+A cache entry is keyed by a BLAKE2b hash of the image bytes, the mask bytes, the
+record's boxes/labels/segmentation and the pipeline fingerprint
+(:meth:`PreprocessConfig.fingerprint`, which includes the pipeline version). A changed
+file or a changed pipeline therefore gives a new key: stale results are never reused.
+Entries are a PNG (the preprocessed image) plus an ``.npz`` (packed mask, boxes,
+labels, the preprocessing report), written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from shared.data.sample import Sample, SampleRecord
+from shared.preprocessing.config import PreprocessConfig
+from shared.preprocessing.overlay import Detector
+from shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[SampleRecord], Sample]
+
+
+def _default_loader() -> Loader:
+    from shared.data.site import load_sample
+
+    return load_sample
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode_png(array: np.ndarray, path: Path) -> bytes:
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    return buf.tobytes()
+
+
+class SiteCache:
+    """Preprocessed samples of one site, stored under ``root_dir``.
+
+    ``get(record)`` returns the preprocessed sample, computing and storing it only on
+    a miss; ``computed`` and ``hits`` count both cases.
+    """
+
+    def __init__(
+        self,
+        root_dir: Path | str,
+        config: PreprocessConfig | None = None,
+        loader: Loader | None = None,
+    ) -> None:
+        self.root = Path(root_dir)
+        self.config = config or PreprocessConfig()
+        self.loader = loader
+        self.computed = 0
+        self.hits = 0
+        self._fingerprint = self.config.fingerprint()
+        self._detector: Detector | None = None
+        self._key_memo: dict[tuple, str] = {}
+
+    # ------------------------------------------------------------------ keys
+    def key(self, record: SampleRecord) -> str:
+        """Content hash of the record's files and annotations plus the pipeline."""
+        stats = []
+        for p in (record.image_path, record.mask_path):
+            if p is not None:
+                st = os.stat(p)
+                stats.append((str(p), st.st_size, st.st_mtime_ns))
+        memo_key = (tuple(stats), record.boxes.tobytes(), record.labels.tobytes())
+        cached = self._key_memo.get(memo_key)
+        if cached is not None:
+            return cached
+        h = hashlib.blake2b(digest_size=20)
+        h.update(self._fingerprint.encode())
+        for p in (record.image_path, record.mask_path):
+            h.update(b"\x00file\x00")
+            if p is not None:
+                h.update(Path(p).read_bytes())
+        h.update(np.ascontiguousarray(record.boxes, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(record.labels, dtype=np.int64).tobytes())
+        if record.segmentation is not None:
+            h.update(json.dumps(record.segmentation, sort_keys=True).encode())
+        digest = h.hexdigest()
+        self._key_memo[memo_key] = digest
+        return digest
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        d = self.root / key[:2]
+        return d / f"{key}.png", d / f"{key}.npz"
+
+    # ------------------------------------------------------------------ access
+    def get(self, record: SampleRecord) -> tuple[Sample, PreprocessInfo]:
+        """The preprocessed sample of ``record`` (from the cache when present).
+
+        Raises whatever the loader raises for an unreadable file (callers decide to
+        skip and count it).
+        """
+        key = self.key(record)
+        img_path, npz_path = self._paths(key)
+        if img_path.exists() and npz_path.exists():
+            try:
+                sample, info = self._read(record, img_path, npz_path)
+                self.hits += 1
+                return sample, info
+            except (OSError, ValueError, KeyError) as exc:  # damaged entry: recompute
+                logger.warning("cache entry %s unreadable (%s); recomputing", npz_path, exc)
+        loader = self.loader or _default_loader()
+        sample = loader(record)
+        if self._detector is None and self.config.detect_overlays:
+            from shared.preprocessing.overlay import get_detector
+
+            self._detector = get_detector(self.config)
+        out, info = preprocess_sample(sample, self.config, self._detector)
+        self._write(out, info, img_path, npz_path)
+        self.computed += 1
+        return out, info
+
+    def _write(self, sample: Sample, info: PreprocessInfo, img_path: Path, npz_path: Path) -> None:
+        _atomic_write(img_path, _encode_png(sample.image, img_path))
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            mask=np.packbits(sample.mask, axis=None),
+            shape=np.asarray(sample.mask.shape, np.int64),
+            boxes=sample.boxes.astype(np.float32),
+            labels=sample.labels.astype(np.int64),
+            info=np.asarray(json.dumps(info.to_dict())),
+        )
+        _atomic_write(npz_path, buf.getvalue())
+
+    @staticmethod
+    def _read(
+        record: SampleRecord, img_path: Path, npz_path: Path
+    ) -> tuple[Sample, PreprocessInfo]:
+        img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"{img_path}: not a readable PNG")
+        with np.load(npz_path) as z:
+            h, w = (int(v) for v in z["shape"])
+            mask = np.unpackbits(z["mask"], count=h * w).reshape(h, w).astype(bool)
+            boxes, labels = z["boxes"], z["labels"]
+            info = PreprocessInfo.from_dict(json.loads(str(z["info"])))
+        if img.shape[:2] != (h, w):
+            raise ValueError(f"{img_path}: image and mask sizes differ")
+        sample = Sample(
+            image=cv2.cvtColor(img, cv2.COLOR_BGR2RGB),
+            mask=mask,
+            boxes=boxes.astype(np.float32).reshape(-1, 4),
+            labels=labels.astype(np.int64),
+            meta=record.meta,
+        )
+        return sample, info
+
+
+def cached_loader(cache: SiteCache) -> Loader:
+    """A ``record -> Sample`` callable for ``DetectionDataset(loader=...)``."""
+
+    def load(record: SampleRecord) -> Sample:
+        return cache.get(record)[0]
+
+    return load
+
+
+# ---------------------------------------------------------------------- whole sites
+
+
+@dataclass
+class SiteReport:
+    """Counts of a :func:`preprocess_site` run; every image is accounted for."""
+
+    site_dir: str
+    out_dir: str
+    images_found: int = 0
+    written: int = 0
+    computed: int = 0
+    cached: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    scan_problems: list[tuple[str, str]] = field(default_factory=list)
+    min_mask_kept_share: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "site_dir": self.site_dir,
+            "out_dir": self.out_dir,
+            "images_found": self.images_found,
+            "written": self.written,
+            "computed": self.computed,
+            "cached": self.cached,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "scan_problems": [{"path": p, "reason": r} for p, r in self.scan_problems],
+            "min_mask_kept_share": self.min_mask_kept_share,
+        }
+
+
+# per-process state of pool workers
+_WORKER: dict[str, SiteCache] = {}
+
+
+def _worker_init(cache_dir: str, config: PreprocessConfig) -> None:
+    import cv2 as _cv2
+
+    _cv2.setNumThreads(1)
+    _WORKER["cache"] = SiteCache(cache_dir, config)
+
+
+def _process(record: SampleRecord, stem: str, out_dir: str) -> dict:
+    cache = _WORKER["cache"]
+    before = cache.computed
+    try:
+        sample, info = cache.get(record)
+    except Exception as exc:  # noqa: BLE001 - any unreadable input is reported, not fatal
+        return {"stem": stem, "path": str(record.image_path), "error": f"{exc}"}
+    out = Path(out_dir)
+    img_rel, mask_rel = f"images/{stem}.png", f"masks/{stem}.png"
+    _atomic_write(out / img_rel, _encode_png(sample.image, out / img_rel))
+    _atomic_write(
+        out / mask_rel, _encode_png(sample.mask.astype(np.uint8) * 255, out / mask_rel)
+    )
+    return {
+        "stem": stem,
+        "path": str(record.image_path),
+        "computed": cache.computed > before,
+        "height": sample.height,
+        "width": sample.width,
+        "boxes": sample.boxes.tolist(),
+        "labels": sample.labels.tolist(),
+        "image": img_rel,
+        "mask": mask_rel,
+        "mask_kept_share": info.mask_kept_share,
+        "crop_box": list(info.crop_box),
+    }
+
+
+def preprocess_site(
+    site_dir: Path | str,
+    out_dir: Path | str,
+    config: PreprocessConfig | None = None,
+    *,
+    workers: int = 1,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> SiteReport:
+    """Preprocess every image of a site into ``out_dir`` (Kvasir-SEG layout).
+
+    Writes ``images/*.png``, ``masks/*.png``, ``bboxes.json`` (``kavsir_bboxes.json``
+    form, class names as labels), ``manifest.csv`` when the site had one (other
+    columns kept), and ``preprocess_report.json``. Results go through a
+    :class:`SiteCache` (default ``out_dir/.cache``), so a second run recomputes
+    nothing. An unreadable image is logged, counted in the report and skipped.
+    """
+    from tqdm import tqdm
+
+    from shared.data.site import scan_site
+
+    config = config or PreprocessConfig()
+    site_dir, out_dir = Path(site_dir), Path(out_dir)
+    if site_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"{out_dir}: output folder must differ from the site folder")
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
+    index = scan_site(site_dir)
+    report = SiteReport(str(site_dir), str(out_dir), images_found=index.report.images_found)
+    report.scan_problems = [(p.path, p.reason) for p in index.report.problems]
+    stems: dict[str, int] = {}
+    jobs = []
+    for rec in index.records:
+        stem = rec.image_path.stem
+        n = stems.get(stem, 0)
+        stems[stem] = n + 1
+        jobs.append((rec, stem if n == 0 else f"{stem}_{n}"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict] = []
+    bar = tqdm(total=len(jobs), desc=f"preprocess {site_dir.name}", disable=not progress)
+    if workers <= 1:
+        _worker_init(str(cache_dir), config)
+        for rec, stem in jobs:
+            results.append(_process(rec, stem, str(out_dir)))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_worker_init, initargs=(str(cache_dir), config)
+        ) as pool:
+            futures = [pool.submit(_process, rec, stem, str(out_dir)) for rec, stem in jobs]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update()
+    bar.close()
+
+    results.sort(key=lambda r: r["stem"])
+    bboxes: dict[str, dict] = {}
+    names = index.class_names
+    for r in results:
+        if "error" in r:
+            logger.warning("%s: skipped: %s", r["path"], r["error"])
+            report.failed.append((r["path"], r["error"]))
+            continue
+        report.written += 1
+        report.computed += int(r["computed"])
+        report.cached += int(not r["computed"])
+        report.min_mask_kept_share = min(report.min_mask_kept_share, r["mask_kept_share"])
+        bboxes[r["stem"]] = {
+            "height": r["height"],
+            "width": r["width"],
+            "bbox": [
+                {
+                    "label": names[lab - 1] if 0 < lab <= len(names) else str(lab),
+                    "xmin": b[0],
+                    "ymin": b[1],
+                    "xmax": b[2],
+                    "ymax": b[3],
+                }
+                for b, lab in zip(r["boxes"], r["labels"])
+            ],
+        }
+    _atomic_write(out_dir / "bboxes.json", json.dumps(bboxes, indent=1).encode())
+    _write_manifest(site_dir, out_dir, results)
+    _atomic_write(
+        out_dir / "preprocess_report.json",
+        json.dumps(
+            {"config": config.to_dict(), "report": report.to_dict(),
+             "images": [r for r in results if "error" not in r]},
+            indent=1,
+        ).encode(),
+    )
+    logger.info(
+        "%s: %d written (%d computed, %d cached), %d failed, %d scan problems",
+        site_dir, report.written, report.computed, report.cached, len(report.failed),
+        len(report.scan_problems),
+    )
+    return report
+
+
+def _write_manifest(site_dir: Path, out_dir: Path, results: list[dict]) -> None:
+    """Rewrite ``manifest.csv`` (if the site had one) to point at the new files."""
+    src = site_dir / "manifest.csv"
+    if not src.is_file():
+        return
+    import pandas as pd
+
+    df = pd.read_csv(src, dtype=str, keep_default_na=False)
+    if "image" not in df.columns:
+        return
+    by_stem = {Path(r["path"]).stem: r for r in results if "error" not in r}
+    rows = []
+    for _, row in df.iterrows():
+        r = by_stem.get(Path(str(row["image"])).stem)
+        if r is None:
+            continue
+        row = row.copy()
+        row["image"] = r["image"]
+        if "mask" in df.columns:
+            row["mask"] = r["mask"]
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=df.columns)
+    _atomic_write(
+        out_dir / "manifest.csv", out.to_csv(index=False, quoting=csv.QUOTE_MINIMAL).encode()
+    )
