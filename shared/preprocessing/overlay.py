@@ -155,6 +155,11 @@ def _panels(dark: np.ndarray, hull: np.ndarray) -> list[tuple[int, int, int, int
     h, w = dark.shape
     closed = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) > 0
     inside = cv2.erode(hull, np.ones((5, 5), np.uint8)) > 0  # rounding on the hull edge
+    ys, xs = np.nonzero(hull)
+    if len(xs) == 0:
+        return []
+    hx0, hy0, hx1, hy1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    margin = max(3, int(0.015 * max(h, w)))
     out = []
     for flip_y in (False, True):
         for flip_x in (False, True):
@@ -171,24 +176,31 @@ def _panels(dark: np.ndarray, hull: np.ndarray) -> list[tuple[int, int, int, int
             covered = integral[np.arange(1, h + 1), width]
             k = int(np.argmax(covered))
             rw, rh = int(width[k]), k + 1
-            if covered[k] < max(0.002 * h * w, 30) or rw < 6 or rh < 6:
+            if covered[k] < 30 or rw < 6 or rh < 6:
                 continue
             share_inside = float(covered[k]) / float(rw * rh)
             x0, x1 = (w - rw, w) if flip_x else (0, rw)
             y0, y1 = (h - rh, h) if flip_y else (0, rh)
+            # a panel reaches past the hull's bounding box edges by a clear margin on
+            # both axes (a side strip or a rounding sliver does not)
+            reach_x = (hx1 - x0) if flip_x else (x1 - hx0)
+            reach_y = (hy1 - y0) if flip_y else (y1 - hy0)
+            if min(reach_x, reach_y) < margin:
+                continue
             out.append((x0, y0, x1, y1, min(1.0, share_inside / 0.6)))
     return out
 
 
-def _border_boxes(outside: np.ndarray, min_area: float) -> list[tuple[int, int, int, int, str]]:
+def _border_boxes(
+    outside: np.ndarray, hull: np.ndarray, min_area: float
+) -> list[tuple[int, int, int, int, str]]:
     """Pieces of the outside-the-hull region, cut at the hull's bounding box.
 
     A corner piece that fills its bounding box (a panel the hull cut off, rather than
     the triangle of an octagonal mask) is typed ``"box"``, everything else ``"border"``.
     """
     h, w = outside.shape
-    inside = cv2.bitwise_not(outside)
-    ys, xs = np.nonzero(inside)
+    ys, xs = np.nonzero(hull)
     if len(xs) == 0:
         return [(0, 0, w, h, "border")] if np.count_nonzero(outside) > min_area else []
     fx0, fx1, fy0, fy1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
@@ -350,7 +362,7 @@ class ClassicalDetector:
             boxes.append(OverlayBox("box", up(x0, y0, x1, y1), score))
             content[y0:y1, x0:x1] = 0
             outside[y0:y1, x0:x1] = 0
-        for x0, y0, x1, y1, kind in _border_boxes(outside, min_area=0.002 * sh * sw):
+        for x0, y0, x1, y1, kind in _border_boxes(outside, hull, min_area=0.002 * sh * sw):
             boxes.append(OverlayBox(kind, up(x0, y0, x1, y1), 1.0))
         for x0, y0, x1, y1, score in _tube(small, hull, content):
             boxes.append(OverlayBox("tube", up(x0, y0, x1, y1), score))
