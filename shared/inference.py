@@ -16,10 +16,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from shared.data.transforms import build_transforms, to_tv_sample
 from shared.model import ImprovedSSD, load_model_checkpoint, read_checkpoint
+from shared.model.export import OUTPUT_NAMES, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -172,58 +172,31 @@ def predict_to_dir(
     return results, problems
 
 
-class _ExportWrapper(nn.Module):
-    """Tensor-only forward for ONNX: raw outputs plus mask and image probabilities."""
-
-    def __init__(self, model: ImprovedSSD) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(images)
-        cls_prob = torch.sigmoid(out["cls_logits"])
-        return (
-            cls_prob,
-            out["bbox_regression"],
-            torch.sigmoid(out["mask_logits"]),
-            out["attention"],
-        )
-
-
-EXPORT_OUTPUTS = ("cls_prob", "bbox_regression", "mask_prob", "attention")
-
-
-def export_onnx(
+def export_and_check(
     model: ImprovedSSD, out_file: Path, *, opset: int = 17, check: bool = True,
     atol: float = 1e-3,
 ) -> dict[str, Any]:
-    """Export to ONNX (dynamic batch) and, with ``check``, compare onnxruntime to eager.
+    """Export with :func:`shared.model.export_onnx` and compare onnxruntime to eager.
 
     Anchors (needed to decode ``bbox_regression``) are written beside the file as
-    ``<name>.anchors.npy``. Returns the max absolute difference per output.
+    ``<name>.anchors.npy``. Raises if any output differs by more than ``atol``.
     """
     model = model.cpu().eval()
-    wrapper = _ExportWrapper(model).eval()
-    s = int(model.config.image_size)
-    x = torch.randn(2, 3, s, s)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        wrapper, (x,), str(out_file), input_names=["images"],
-        output_names=list(EXPORT_OUTPUTS), opset_version=opset,
-        dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in EXPORT_OUTPUTS}},
-        dynamo=False,
-    )
+    export_onnx(model, out_file, opset=opset)
     np.save(out_file.with_suffix(".anchors.npy"), model.anchors.cpu().numpy())
-    report: dict[str, Any] = {"file": str(out_file), "image_size": s}
+    s = int(model.config.image_size)
+    report: dict[str, Any] = {"file": str(out_file), "image_size": s,
+                              "outputs": list(OUTPUT_NAMES)}
     if check:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(out_file), providers=["CPUExecutionProvider"])
         x = torch.randn(3, 3, s, s)
         with torch.no_grad():
-            eager = [t.numpy() for t in wrapper(x)]
+            out = model(x)
+        eager = [out[k].numpy() for k in OUTPUT_NAMES]
         onnx_out = sess.run(None, {"images": x.numpy()})
-        diffs = {n: float(np.abs(a - b).max()) for n, a, b in zip(EXPORT_OUTPUTS, eager, onnx_out)}
+        diffs = {n: float(np.abs(a - b).max()) for n, a, b in zip(OUTPUT_NAMES, eager, onnx_out)}
         report["max_abs_diff"] = diffs
         report["matches_eager"] = all(d <= atol for d in diffs.values())
         if not report["matches_eager"]:
