@@ -68,17 +68,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
+        report = preprocess_site(
+            args.site_dir,
+            args.out,
+            config,
+            workers=max(1, args.workers),
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
     except ValueError as exc:
-        log.error("invalid preprocessing option: %s", exc)
+        log.error("preprocess %s: %s", args.site_dir, exc)
         return 2
-    report = preprocess_site(
-        args.site_dir,
-        args.out,
-        config,
-        workers=max(1, args.workers),
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
-    )
     summary = report.to_dict()
     summary["failed"] = len(report.failed)
     summary["scan_problems"] = len(report.scan_problems)

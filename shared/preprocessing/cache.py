@@ -283,6 +283,10 @@ def preprocess_site(
     if site_dir.resolve() == out_dir.resolve():
         raise ValueError(f"{out_dir}: output folder must differ from the site folder")
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
+    if config.detect_overlays:
+        from shared.preprocessing.overlay import get_detector
+
+        get_detector(config)  # fail fast on a bad detector name or weights file
     index = scan_site(site_dir)
     report = SiteReport(str(site_dir), str(out_dir), images_found=index.report.images_found)
     report.scan_problems = [(p.path, p.reason) for p in index.report.problems]

@@ -7,9 +7,10 @@ reconstruction (noise sigma from the finest diagonal band, MAD / 0.6745).
 :func:`denoise` runs it on all three channels at once (``axes=(0, 1)``), with OpenCV
 median filters on the ``float32`` bands and vectorised thresholds. With the default
 ``periodization`` mode the orthogonal Sym4 transform is exactly invertible, so
-"reconstruct, then decompose again for thresholding" is the identity and is skipped:
-one decomposition and one reconstruction do the whole wavelet stage. Other modes are
-not orthogonal at the borders, so there the second decomposition is done as written.
+"reconstruct, then decompose again for thresholding" is the identity and is skipped
+when both sides are multiples of ``2**levels``: one decomposition and one reconstruction
+do the whole wavelet stage. Otherwise (other modes, odd sizes) the transform is not
+orthogonal and the second decomposition is done as written.
 :func:`denoise_reference` is the literal, per-channel version (used to test the fast
 one and as the benchmark's naive baseline).
 """
@@ -83,8 +84,10 @@ def wavelet_denoise(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     details = [
         tuple(_median_band(b, config.coeff_median_size) for b in lvl) for lvl in coeffs[1:]
     ]
-    if config.wavelet_mode != "periodization":
-        # not orthogonal on the borders: reconstruct and decompose again, as in the paper
+    step = 2**level
+    if config.wavelet_mode != "periodization" or h % step or w % step:
+        # not orthogonal (borders, or odd sizes that periodization pads): reconstruct
+        # and decompose again, as in the paper
         rec = pywt.waverec2([coeffs[0], *details], wavelet, mode=config.wavelet_mode, axes=axes)
         rec = rec[:, :h, :w]
         coeffs = pywt.wavedec2(rec, wavelet, mode=config.wavelet_mode, level=level, axes=axes)

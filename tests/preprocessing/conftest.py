@@ -10,7 +10,11 @@ from shared.data.sample import Sample, SampleMeta
 
 
 def kvasir_like_frame(
-    h: int = 240, w: int = 280, seed: int = 0, lesion: tuple[int, int, int, int] | None = None
+    h: int = 240,
+    w: int = 280,
+    seed: int = 0,
+    lesion: tuple[int, int, int, int] | None = None,
+    text_at: tuple[int, int] = (3, 40),
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[tuple[int, int, int, int]]]]:
     """Octagonal field of view on black, white text top-left, black panel lower-left.
 
@@ -42,8 +46,8 @@ def kvasir_like_frame(
     panel = (0, h - 60, 70, h)
     img[panel[1]:, : panel[2]] = 0
     for i, t in enumerate(["12/03/2014", "10:45:03"]):
-        cv2.putText(img, t, (3, 40 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1,
-                    cv2.LINE_AA)
+        org = (text_at[0], text_at[1] + 20 * i)
+        cv2.putText(img, t, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
     return img, mask, {"border": [(0, 0, x0, h)], "box": [panel]}
 
 

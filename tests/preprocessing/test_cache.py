@@ -1,0 +1,97 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from shared.data.site import scan_site
+from shared.data.synthetic import write_site
+from shared.preprocessing import (
+    PreprocessConfig,
+    SiteCache,
+    cached_loader,
+    preprocess_sample,
+    preprocess_site,
+)
+from shared.preprocessing.cache import _default_loader
+
+FAST = PreprocessConfig(wavelet_levels=1)
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    write_site(root, n_images=6, seed=4, size=(96, 112))
+    return root
+
+
+def test_cache_hit_and_same_result(site, tmp_path):
+    index = scan_site(site)
+    cache = SiteCache(tmp_path / "cache", FAST)
+    first = [cache.get(r)[0] for r in index.records]
+    assert (cache.computed, cache.hits) == (6, 0)
+    again = SiteCache(tmp_path / "cache", FAST)  # a new round, a new process
+    second = [again.get(r)[0] for r in index.records]
+    assert (again.computed, again.hits) == (0, 6)
+    for a, b, rec in zip(first, second, index.records):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        # and the cached result is what the pipeline computes
+        direct, _ = preprocess_sample(_default_loader()(rec), FAST)
+        np.testing.assert_array_equal(direct.image, b.image)
+
+
+def test_cache_invalidated_by_file_change_and_version(site, tmp_path):
+    index = scan_site(site)
+    rec = index.records[0]
+    cache = SiteCache(tmp_path / "cache", FAST)
+    cache.get(rec)
+    img = cv2.imread(str(rec.image_path))
+    img[0:5, 0:5] = 255 - img[0:5, 0:5]
+    cv2.imwrite(str(rec.image_path), img)
+    cache.get(rec)
+    assert cache.computed == 2  # changed content, new key
+    cache.get(rec)
+    assert (cache.computed, cache.hits) == (2, 1)
+    bumped = SiteCache(tmp_path / "cache", PreprocessConfig(wavelet_levels=1, version="next"))
+    bumped.get(rec)
+    assert bumped.computed == 1 and bumped.hits == 0
+
+
+def test_cached_loader_plugs_into_dataset(site, tmp_path):
+    from shared.data.dataset import DetectionDataset
+
+    index = scan_site(site)
+    cache = SiteCache(tmp_path / "cache", FAST)
+    ds = DetectionDataset(index.records, image_size=64, train=False, loader=cached_loader(cache))
+    item = ds[0]
+    assert item[0].shape == (3, 64, 64)
+    assert cache.computed == 1
+
+
+def test_preprocess_site_layout_counts_and_skips_corrupt(site, tmp_path):
+    (site / "images" / "zz_broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    report = preprocess_site(site, out, FAST, workers=2, progress=False)
+    assert report.images_found == 7
+    assert report.written == 6 and report.computed == 6
+    assert len(report.scan_problems) + len(report.failed) == 1
+    assert any("zz_broken" in p for p, _ in report.scan_problems + report.failed)
+    assert len(list((out / "images").glob("*.png"))) == 6
+    # every loader reads the output; boxes match the preprocessed masks' lesions
+    index = scan_site(out)
+    assert len(index.records) == 6
+    boxes = json.loads((out / "bboxes.json").read_text())
+    assert set(boxes) == {r.image_path.stem for r in index.records}
+    again = preprocess_site(site, out, FAST, workers=1, progress=False)
+    assert (again.computed, again.cached) == (0, 6)
+
+
+def test_unreadable_file_after_scan_is_counted(site, tmp_path):
+    index = scan_site(site)
+    index.records[0].image_path.write_bytes(b"\x89PNG truncated")
+    cache = SiteCache(tmp_path / "cache", FAST)
+    with pytest.raises(Exception, match="decodable|PNG|image"):
+        cache.get(index.records[0])
+    assert cache.computed == 0
