@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # Bump whenever the algorithms change in a way that changes their output: it is part
 # of every cache key, so a new version never reuses results of an old one.
-PIPELINE_VERSION = "1.0.0"
+PIPELINE_VERSION = "1.1.0"
 
 THRESHOLD_MODES = ("soft", "hard")
 THRESHOLD_METHODS = ("BayesShrink", "VisuShrink")

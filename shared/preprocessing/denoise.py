@@ -7,10 +7,11 @@ reconstruction (noise sigma from the finest diagonal band, MAD / 0.6745).
 :func:`denoise` runs it on all three channels at once (``axes=(0, 1)``), with OpenCV
 median filters on the ``float32`` bands and vectorised thresholds. With the default
 ``periodization`` mode the orthogonal Sym4 transform is exactly invertible, so
-"reconstruct, then decompose again for thresholding" is the identity and is skipped
-when both sides are multiples of ``2**levels``: one decomposition and one reconstruction
-do the whole wavelet stage. Otherwise (other modes, odd sizes) the transform is not
-orthogonal and the second decomposition is done as written.
+"reconstruct, then decompose again for thresholding" is the identity and is skipped:
+one decomposition and one reconstruction do the whole wavelet stage. Sides that are
+not multiples of ``2**levels`` are mirror-padded first (periodization would otherwise
+pad them itself and lose orthogonality). Other modes are not orthogonal at the
+borders, so there the second decomposition is done as written.
 :func:`denoise_reference` is the literal, per-channel version (used to test the fast
 one and as the benchmark's naive baseline).
 """
@@ -77,6 +78,12 @@ def wavelet_denoise(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     level = min(config.wavelet_levels, pywt.dwt_max_level(min(h, w), wavelet.dec_len))
     if level < 1:
         return image
+    step = 2**level
+    ph, pw = (-h) % step, (-w) % step
+    if config.wavelet_mode == "periodization" and (ph or pw):
+        # mirror-pad to a multiple of 2**level so the fast orthogonal path applies
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+        return wavelet_denoise(padded, config)[:h, :w]
     # channels first: the transforms then run along contiguous rows (faster than axes=(0, 1))
     x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     axes = (1, 2)
@@ -84,10 +91,8 @@ def wavelet_denoise(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     details = [
         tuple(_median_band(b, config.coeff_median_size) for b in lvl) for lvl in coeffs[1:]
     ]
-    step = 2**level
-    if config.wavelet_mode != "periodization" or h % step or w % step:
-        # not orthogonal (borders, or odd sizes that periodization pads): reconstruct
-        # and decompose again, as in the paper
+    if config.wavelet_mode != "periodization":
+        # not orthogonal at the borders: reconstruct and decompose again, as in the paper
         rec = pywt.waverec2([coeffs[0], *details], wavelet, mode=config.wavelet_mode, axes=axes)
         rec = rec[:, :h, :w]
         coeffs = pywt.wavedec2(rec, wavelet, mode=config.wavelet_mode, level=level, axes=axes)
