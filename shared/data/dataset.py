@@ -203,8 +203,9 @@ class DetectionDataset(Dataset):
 
 
 def _worker_init(_: int) -> None:
+    # torch already runs workers single-threaded; do NOT call cv2.setNumThreads here:
+    # in a forked child whose parent used OpenCV's thread pool it deadlocks.
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def make_loader(

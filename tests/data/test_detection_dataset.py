@@ -159,3 +159,21 @@ def test_poisson_loader_yields_empty_batches_of_the_right_shape(site):
         assert batch.labels.shape[1:] == (M,) and batch.num_boxes.shape == (len(batch),)
         sizes.append(len(batch))
     assert 0 in sizes and max(sizes) > 0
+
+
+@pytest.mark.timeout(120)
+def test_worker_processes_do_not_deadlock_after_opencv_threads(kvasir_site):
+    # regression: cv2.setNumThreads() inside a forked worker hung when the parent had
+    # used OpenCV's thread pool (the scan decodes images in threads)
+    import cv2
+
+    idx = scan_site(kvasir_site({f"i{k}": [(5, 5, 30 + k, 40)] for k in range(20)}))
+    ds = DetectionDataset(idx.records, image_size=S, train=True, max_boxes=M)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        cv2.resize(np.zeros((512, 512, 3), np.uint8), (300, 300))  # spin up the pool
+        batches = list(make_loader(ds, batch_size=8, num_workers=2, seed=0))
+    finally:
+        cv2.setNumThreads(previous)
+    assert sum(len(b) for b in batches) == 20
