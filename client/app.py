@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.runtime import get_site_runtime
+from client.secure import is_legacy_train, legacy_train_reply, secagg_when_requested
 from client.training import BudgetExhausted, local_evaluate, local_train
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,14 @@ def _site_record(name: str) -> ConfigRecord:
     return ConfigRecord({"site-name": name})
 
 
-@app.train()
+@app.train(mods=[secagg_when_requested])
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's data for the configured local epochs."""
     rt = get_site_runtime(context.run_config, context.node_config)
+    if is_legacy_train(msg):  # SecAgg+ round: same training, legacy reply format
+        return legacy_train_reply(
+            msg, rt.model.trainable_names(), lambda arrays, cfg: local_train(rt, arrays, cfg)
+        )
     config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
     try:
         state, metrics = local_train(rt, _arrays(msg.content[ARRAYS_KEY]), config)

@@ -20,5 +20,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated study described by the run config."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = EndoFedConfig.from_flower(context.run_config)
-    run_dir = FederatedRun(cfg, grid, run_config=dict(context.run_config)).run()
+    run_dir = FederatedRun(
+        cfg, grid, run_config=dict(context.run_config), context=context
+    ).run()
     log.info("EndoFed run finished: %s", run_dir)

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from server.evaluation import merge_evaluation_replies
 from server.replies import METRICS_KEY, screen_train_replies, site_of
 from server.report import render_run_report
 from server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
+from server.secagg import SecureTrainingPhase
 from server.strategies import build_strategy, load_strategy_state, strategy_state
 from shared.config import ConfigError, EndoFedConfig
 from shared.model import build_model, load_trainable_state, save_checkpoint, trainable_state
@@ -41,14 +42,25 @@ def from_arrayrecord(record: ArrayRecord) -> dict[str, np.ndarray]:
 class FederatedRun:
     """One federated study, resumable by run name."""
 
-    def __init__(self, cfg: EndoFedConfig, grid: Grid, *, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfg: EndoFedConfig,
+        grid: Grid,
+        *,
+        run_config: dict[str, Any],
+        context: Context | None = None,
+    ) -> None:
         self.cfg = cfg
         self.grid = grid
+        self.context = context
+        self.secure: SecureTrainingPhase | None = None
+        self.node_sites: dict[int, str] = {}
         self.run_config = dict(run_config)
         self.run_dir = Path(cfg.federation.runs_dir).expanduser().resolve() / (
             cfg.federation.run_name
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial model
         self.model = build_model(
             preset=cfg.model.preset,
             num_classes=len(cfg.data.class_names),
@@ -88,15 +100,50 @@ class FederatedRun:
         arrays = to_arrayrecord(self.state.arrays)
         if self.state.round >= total:
             log.info("run %s already finished %d rounds", self.cfg.federation.run_name, total)
-        for server_round in range(self.state.round + 1, total + 1):
-            t0 = time.perf_counter()
-            log.info("[ROUND %d/%d]", server_round, total)
-            arrays, train_rows = self._train_round(server_round, arrays)
-            eval_rows = self._evaluate_round(server_round, arrays)
-            self._record_round(server_round, arrays, train_rows, eval_rows,
-                               time.perf_counter() - t0)
+        if self.cfg.privacy.secagg and self.state.round < total:
+            if self.context is None:
+                raise ConfigError("secure aggregation needs the ServerApp context")
+            self.secure = SecureTrainingPhase(
+                self.cfg, self.grid, self.context, list(self.expected_shapes)
+            )
+            log.info("secure aggregation (SecAgg+) is on: the server sees only the sum")
+        try:
+            for server_round in range(self.state.round + 1, total + 1):
+                t0 = time.perf_counter()
+                log.info("[ROUND %d/%d]", server_round, total)
+                if self.secure is not None:
+                    arrays, train_rows = self._secure_train_round(server_round, arrays)
+                else:
+                    arrays, train_rows = self._train_round(server_round, arrays)
+                eval_rows = self._evaluate_round(server_round, arrays)
+                self._record_round(server_round, arrays, train_rows, eval_rows,
+                                   time.perf_counter() - t0)
+        finally:
+            if self.secure is not None:
+                self.secure.close()
         self._finish(arrays)
         return self.run_dir
+
+    def _secure_train_round(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[ArrayRecord, dict[str, dict[str, float]]]:
+        assert self.secure is not None
+        new_arrays, per_node = self.secure.run_round(server_round, arrays)
+        rows: dict[str, dict[str, float]] = {
+            self.node_sites.get(nid, f"node-{nid}"): m for nid, m in per_node.items()
+        }
+        if new_arrays is None:
+            log.warning("round %d: secure aggregation failed; keeping the previous model",
+                        server_round)
+            return arrays, rows
+        if not all(np.isfinite(v.numpy()).all() for v in new_arrays.values()):
+            log.warning("round %d: the secure aggregate contains NaN/Inf; rejected",
+                        server_round)
+            self.state.events.append({"round": server_round, "site": "global",
+                                      "event": "rejected", "reason": "non-finite aggregate"})
+            return arrays, rows
+        rows["global"] = {"sites-aggregated": float(len(per_node))}
+        return new_arrays, rows
 
     def _base_config(self, server_round: int) -> ConfigRecord:
         return ConfigRecord(
@@ -161,6 +208,9 @@ class FederatedRun:
         replies: list[Message] = list(
             self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         )
+        for msg in replies:
+            if not msg.has_error():
+                self.node_sites[msg.metadata.src_node_id] = site_of(msg)
         return merge_evaluation_replies(
             replies,
             class_names=list(self.cfg.data.class_names),
@@ -176,6 +226,12 @@ class FederatedRun:
         seconds: float,
     ) -> None:
         site_scalars: dict[str, dict[str, float]] = evaluation.get("site_scalars", {})
+        # Secure rounds know sites only by node id until the evaluation names them.
+        train_rows = {
+            self.node_sites.get(int(k[5:]), k) if k.startswith("node-") and k[5:].isdigit()
+            else k: v
+            for k, v in train_rows.items()
+        }
         sites = sorted(set(train_rows) | set(site_scalars) | {"global"})
         for site in sites:
             row: dict[str, Any] = {"round": server_round, "site": site}

@@ -200,6 +200,11 @@ class PrivacyConfig:
         default=0, metadata={"key": "dp-max-physical-batch-size"}
     )
     secagg: bool = False
+    # SecAgg+ protocol: share of the round's sites each secret is shared with, share of
+    # those needed to reconstruct, and the range weights are clipped to for quantisation.
+    secagg_num_shares: float = 1.0
+    secagg_reconstruction_threshold: float = 0.67
+    secagg_clipping_range: float = 8.0
     # Where the site's privacy ledger lives (node config); None = privacy.ledger default.
     state_dir: Path | None = None
 

@@ -1,0 +1,58 @@
+"""Client side of secure aggregation (SecAgg+, flwr 1.41 legacy workflow).
+
+``secagg_when_requested`` applies Flower's ``secaggplus_mod`` only to messages that
+carry the SecAgg+ protocol record, so the same ClientApp serves plain and secure
+runs. In the masked-vector stage the mod calls the ClientApp with a legacy ``FitIns``
+message and expects a legacy ``FitRes`` reply: :func:`legacy_train_reply` adapts the
+one training path (:func:`client.training.local_train`) to that format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+
+LEGACY_PARAMETERS_KEY = "fitins.parameters"
+
+
+def secagg_when_requested(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Run ``secaggplus_mod`` only for SecAgg+ protocol messages."""
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def is_legacy_train(msg: Message) -> bool:
+    """True for the legacy ``FitIns`` message of the SecAgg+ masked-vector stage."""
+    return LEGACY_PARAMETERS_KEY in msg.content.array_records
+
+
+def legacy_train_reply(
+    msg: Message,
+    names: list[str],
+    train: Callable[[dict[str, np.ndarray], Mapping[str, Any]], tuple[dict, dict]],
+) -> Message:
+    """Decode ``FitIns``, run ``train(arrays, config)``, reply with a legacy ``FitRes``."""
+    fitins = recorddict_to_fitins(msg.content, keep_input=True)
+    values = parameters_to_ndarrays(fitins.parameters)
+    if len(values) != len(names):
+        raise ValueError(
+            f"secure round sent {len(values)} arrays, this site's model has {len(names)}"
+        )
+    state, metrics = train(dict(zip(names, values)), dict(fitins.config))
+    fitres = FitRes(
+        status=Status(code=Code.OK, message="ok"),
+        parameters=ndarrays_to_parameters([state[n] for n in names]),
+        num_examples=int(metrics.get("num-examples", 0)),
+        metrics={k: float(v) for k, v in metrics.items()},
+    )
+    return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
