@@ -1,0 +1,118 @@
+"""``endofed simulate``: central vs local-only vs federated (x DP) on one fixed split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from endofed.commands._common import add_config_flags, config_mapping
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") \
+            from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="research grid: central, local-only and federated arms (x DP) on one split",
+        description=(
+            "Every arm trains on the same virtual hospitals, the same patient-aware "
+            "train/val split and the same budget (rounds x local-epochs epochs), and is "
+            "evaluated here on each hospital's val split. Writes results.csv, summary.md "
+            "and plots/ to --out; rerunning the same command resumes the grid."
+        ),
+    )
+    p.add_argument("--data", type=str, default="synthetic",
+                   help="comma-separated data folders, or 'synthetic' (default)")
+    p.add_argument("--sites", type=int, default=3, help="number of virtual hospitals K")
+    p.add_argument("--partition", default="iid",
+                   help="how the pooled data is split into hospitals: iid, dirichlet:A, source")
+    p.add_argument("--arms", type=_csv, default=_csv("central,local,fedavg"),
+                   help="central, local and/or strategies (fedavg, fedprox, fedadam, "
+                        "fedmedian, ...); 'X+prep' enables site preprocessing")
+    p.add_argument("--dp", type=_csv, default=["none"],
+                   help="per-site DP budgets for federated arms, e.g. none,8,4,1")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds R")
+    p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round E")
+    p.add_argument("--preset", default="tiny", help="model preset (tiny, cpu, paper, ...)")
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated training seeds")
+    p.add_argument("--out", type=Path, required=True, help="experiment directory")
+    p.add_argument("--holdout-site", type=Path, default=None,
+                   help="a hospital folder never trained on; every model is also evaluated there")
+    p.add_argument("--device-shift", action="store_true",
+                   help="give each virtual hospital its own simulated endoscope colour profile")
+    p.add_argument("--preprocess-ablation", action="store_true",
+                   help="also run each federated arm with site preprocessing ('X+prep')")
+    p.add_argument("--images-per-site", type=int, default=24,
+                   help="images per synthetic hospital (synthetic data only)")
+    p.add_argument("--image-size", type=int, default=128, help="model input size in pixels")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    p.add_argument("--limit-images", type=int, default=0,
+                   help="use at most N images per data folder (0 = all), for quick runs")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the partition and the train/val split (fixed for all arms)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="patient-aware validation share of each hospital")
+    p.add_argument("--cpus-per-client", type=float, default=1.0,
+                   help="CPUs reserved per simulated hospital")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds before a federated run is abandoned")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_flags(p, only=["--lr", "--device", "--class-names", "--threads", "--max-steps"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.experiment import (
+        ExperimentError,
+        ExperimentSpec,
+        parse_arms,
+        parse_dp,
+        run_experiment,
+        summary_table,
+    )
+
+    data = None if args.data.strip().lower() == "synthetic" else [Path(p) for p in _csv(args.data)]
+    try:
+        spec = ExperimentSpec(
+            out=args.out,
+            data=data,
+            sites=args.sites,
+            partition=args.partition,
+            arms=parse_arms(args.arms, preprocess_ablation=args.preprocess_ablation),
+            dp=parse_dp(args.dp),
+            rounds=args.rounds,
+            local_epochs=args.local_epochs,
+            preset=args.preset,
+            seeds=args.seeds,
+            holdout_site=args.holdout_site,
+            device_shift=args.device_shift,
+            images_per_site=args.images_per_site,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            limit_images=args.limit_images,
+            split_seed=args.split_seed,
+            val_fraction=args.val_fraction,
+            extra_config=config_mapping(args),
+            num_cpus_per_client=args.cpus_per_client,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+        )
+        result = run_experiment(spec)
+    except ExperimentError as exc:
+        raise SystemExit(f"endofed simulate: {exc}") from None
+    table = summary_table(result.results)
+    cols = ["arm", "dp", "seeds", "map50", "dice", "auc", "sensitivity", "specificity"]
+    print(table[[c for c in cols if c in table.columns]].to_string(index=False))
+    print(f"ran {len(result.ran)} arm(s), {len(result.skipped)} already done")
+    print(f"results: {result.out_dir / 'results.csv'}\nsummary: {result.summary_path}")
+    return 0
