@@ -13,8 +13,8 @@ logical step, measured after one warm-up epoch. Prints one JSON document.
 
 Example::
 
-    python benchmarks/bench_dp.py --presets cpu,paper --image-size 128 --batch-size 8 \
-        --steps 3 --max-physical-batch-size 2
+    python benchmarks/bench_dp.py --presets cpu,paper --image-size cpu=128,paper=300 \
+        --batch-size 8 --steps 3 --max-physical-batch-size 2
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     max_boxes = 4
+    args.image_size = int(args.image_size)
     model = build_model(preset=args.preset, num_classes=1, image_size=args.image_size).to(device)
     items = _synthetic_items(args.steps * args.batch_size, args.image_size, max_boxes, seed=1)
     loader = make_poisson_loader(items, batch_size=args.batch_size, image_size=args.image_size,
@@ -126,6 +127,7 @@ def worker(args: argparse.Namespace) -> dict:
     return {
         "preset": args.preset,
         "mode": args.mode,
+        "image_size": args.image_size,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "seconds_per_step": seconds / logical_steps,
         "images_per_second": images / seconds if seconds > 0 else 0.0,
@@ -135,11 +137,21 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+def _image_sizes(spec: str) -> dict[str, int]:
+    """``"128"`` -> {"": 128}; ``"cpu=128,paper=300"`` -> per preset."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(spec).split(",") if p.strip()):
+        name, _, value = part.rpartition("=")
+        out[name] = int(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="cpu,paper")
     parser.add_argument("--modes", default="plain,dp,dp-bmm")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", default="cpu=128,paper=300",
+                        help="one size for all presets, or preset=size pairs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="logical steps per epoch")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after warm-up")
@@ -154,19 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    common = [f"--image-size={args.image_size}", f"--batch-size={args.batch_size}",
+    sizes = _image_sizes(args.image_size)
+    common = [f"--batch-size={args.batch_size}",
               f"--steps={args.steps}", f"--epochs={args.epochs}", f"--threads={args.threads}",
               f"--max-physical-batch-size={args.max_physical_batch_size}",
               f"--device={args.device}"]
     runs = []
     for preset in [p for p in args.presets.split(",") if p]:
         for mode in [m for m in args.modes.split(",") if m]:
+            size = sizes.get(preset, sizes.get("", 128))
             proc = subprocess.run(
                 [sys.executable, __file__, "--worker", f"--preset={preset}", f"--mode={mode}",
-                 *common], capture_output=True, text=True, cwd=REPO,
+                 f"--image-size={size}", *common], capture_output=True, text=True, cwd=REPO,
             )
             if proc.returncode != 0:
-                runs.append({"preset": preset, "mode": mode,
+                runs.append({"preset": preset, "mode": mode, "image_size": size,
                              "error": proc.stderr.strip().splitlines()[-1:]})
                 continue
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
