@@ -12,7 +12,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.runtime import get_site_runtime
-from client.secure import is_legacy_train, legacy_train_reply, secagg_when_requested
+from client.secure import (
+    central_dp_when_requested,
+    is_legacy_train,
+    legacy_train_reply,
+    secagg_when_requested,
+)
 from client.training import BudgetExhausted, local_evaluate, local_train
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,7 @@ def _site_record(name: str) -> ConfigRecord:
     return ConfigRecord({"site-name": name})
 
 
-@app.train(mods=[secagg_when_requested])
+@app.train(mods=[secagg_when_requested, central_dp_when_requested])
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's data for the configured local epochs."""
     rt = get_site_runtime(context.run_config, context.node_config)

@@ -56,3 +56,22 @@ def legacy_train_reply(
         metrics={k: float(v) for k, v in metrics.items()},
     )
     return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def central_dp_when_requested(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Client-side clipping for Flower's central-DP wrappers, when the server asks.
+
+    The ``client-fixed`` / ``client-adaptive`` strategy wrappers put a clipping norm
+    into the train config; only then is the update clipped by Flower's mod.
+    """
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    config = msg.content.config_records.get("config") if msg.has_content() else None
+    if config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    adaptive = str(context.run_config.get("central-dp", "")) == "client-adaptive"
+    mod = adaptiveclipping_mod if adaptive else fixedclipping_mod
+    return mod(msg, context, call_next)

@@ -7,6 +7,10 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -52,8 +56,39 @@ STRATEGIES: dict[str, StrategyBuilder] = {
 }
 
 
+def _sampled(cfg: EndoFedConfig) -> int:
+    return max(cfg.federation.min_train_nodes, cfg.federation.min_available_nodes)
+
+
+def _count_stddev(cfg: EndoFedConfig) -> float:
+    # Flower's default (sampled/20) is too small for a handful of hospitals: the
+    # clipped-count noise must exceed half the noise multiplier (Andrew et al. 2019).
+    return max(_sampled(cfg) / 20, cfg.privacy.central_dp_noise)
+
+
+# Central (user/site-level) DP: Flower's wrappers around the chosen strategy.
+CENTRAL_DP: dict[str, Callable[[Strategy, EndoFedConfig], Strategy]] = {
+    "server-fixed": lambda s, c: DifferentialPrivacyServerSideFixedClipping(
+        s, c.privacy.central_dp_noise, c.privacy.central_dp_clip, _sampled(c)
+    ),
+    "client-fixed": lambda s, c: DifferentialPrivacyClientSideFixedClipping(
+        s, c.privacy.central_dp_noise, c.privacy.central_dp_clip, _sampled(c)
+    ),
+    "server-adaptive": lambda s, c: DifferentialPrivacyServerSideAdaptiveClipping(
+        s, c.privacy.central_dp_noise, _sampled(c),
+        initial_clipping_norm=c.privacy.central_dp_clip,
+        clipped_count_stddev=_count_stddev(c),
+    ),
+    "client-adaptive": lambda s, c: DifferentialPrivacyClientSideAdaptiveClipping(
+        s, c.privacy.central_dp_noise, _sampled(c),
+        initial_clipping_norm=c.privacy.central_dp_clip,
+        clipped_count_stddev=_count_stddev(c),
+    ),
+}
+
+
 def build_strategy(cfg: EndoFedConfig, initial_arrays: ArrayRecord) -> Strategy:
-    """The strategy named by run-config ``strategy``."""
+    """The strategy named by run-config ``strategy``, wrapped for central DP if asked."""
     name = cfg.federation.strategy.lower()
     try:
         builder = STRATEGIES[name]
@@ -62,7 +97,18 @@ def build_strategy(cfg: EndoFedConfig, initial_arrays: ArrayRecord) -> Strategy:
             f"config key 'strategy': unknown {cfg.federation.strategy!r}; "
             f"choose one of {sorted(STRATEGIES)}"
         ) from None
-    return builder(cfg, initial_arrays)
+    strategy = builder(cfg, initial_arrays)
+    mode = cfg.privacy.central_dp.lower()
+    if mode in ("", "none"):
+        return strategy
+    try:
+        wrap = CENTRAL_DP[mode]
+    except KeyError:
+        raise ConfigError(
+            f"config key 'central-dp': unknown {cfg.privacy.central_dp!r}; "
+            f"choose one of {['none', *sorted(CENTRAL_DP)]}"
+        ) from None
+    return wrap(strategy, cfg)
 
 
 # Attributes of stateful strategies (FedOpt family, FedAvgM) that must survive a

@@ -205,6 +205,11 @@ class PrivacyConfig:
     secagg_num_shares: float = 1.0
     secagg_reconstruction_threshold: float = 0.67
     secagg_clipping_range: float = 8.0
+    # Central (site-level) DP with Flower's strategy wrappers:
+    # none | server-fixed | server-adaptive | client-fixed | client-adaptive
+    central_dp: str = "none"
+    central_dp_noise: float = 1.0
+    central_dp_clip: float = 1.0
     # Where the site's privacy ledger lives (node config); None = privacy.ledger default.
     state_dir: Path | None = None
 
