@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
@@ -307,8 +308,13 @@ def preprocess_site(
             results.append(_process(rec, stem, str(out_dir)))
             bar.update()
     else:
+        # spawn, not fork: forking a process whose OpenCV/OpenMP pools are running can
+        # deadlock the children
         with ProcessPoolExecutor(
-            max_workers=workers, initializer=_worker_init, initargs=(str(cache_dir), config)
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(str(cache_dir), config),
         ) as pool:
             futures = [pool.submit(_process, rec, stem, str(out_dir)) for rec, stem in jobs]
             for fut in as_completed(futures):
