@@ -79,23 +79,29 @@ def build_transforms(
 ) -> v2.Compose:
     """The joint transform for training (``train=True``) or evaluation.
 
-    Training: colour jitter (lighting), horizontal/vertical flips, rotation by up to
-    ``rotation`` degrees, zoom out (canvas up to ``zoom_out`` times larger) and zoom in
-    (random crop keeping ``zoom_in..1`` of the area), each with its probability
-    (``*_p``); set a probability to 0 to disable a step. Both modes then resize to
-    ``image_size`` (square), drop boxes smaller than ``min_box_size`` px and
-    normalise (ImageNet mean/std) unless ``normalize=False``.
+    Training, in this order: zoom in (random crop keeping ``zoom_in..1`` of the area,
+    resized to ``image_size``), horizontal/vertical flips, rotation by up to
+    ``rotation`` degrees, zoom out (canvas up to ``zoom_out`` times larger) and
+    lighting/colour jitter, each with its probability (``*_p``; 0 disables a step).
+    Both modes resize to ``image_size`` (square), drop boxes smaller than
+    ``min_box_size`` px (with their labels/morphology) and normalise (ImageNet
+    mean/std) unless ``normalize=False``. Rotated boxes are the enclosing boxes of
+    the rotated corners (exact for rectangles unless clipped at the border).
     """
+    size = (image_size, image_size)
     steps: list[v2.Transform] = []
     if train:
-        if jitter_p > 0:
+        # zoom in first, on the (larger) working image: keeps detail, and every later
+        # step runs on S x S pixels, which is what makes the pipeline fast
+        if zoom_in < 1 and zoom_in_p > 0:
             steps.append(
                 v2.RandomApply(
-                    [v2.ColorJitter(brightness=brightness, contrast=contrast,
-                                    saturation=saturation, hue=hue)],
-                    p=jitter_p,
+                    [v2.RandomResizedCrop(image_size, scale=(zoom_in, 1.0),
+                                          ratio=(3 / 4, 4 / 3), antialias=True)],
+                    p=zoom_in_p,
                 )
             )
+        steps.append(v2.Resize(size, antialias=True))
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip))
         if vflip > 0:
@@ -115,16 +121,16 @@ def build_transforms(
                     p=zoom_out_p,
                 )
             )
-        if zoom_in < 1 and zoom_in_p > 0:
+        if jitter_p > 0:
             steps.append(
                 v2.RandomApply(
-                    [v2.RandomResizedCrop(image_size, scale=(zoom_in, 1.0),
-                                          ratio=(3 / 4, 4 / 3), antialias=True)],
-                    p=zoom_in_p,
+                    [v2.ColorJitter(brightness=brightness, contrast=contrast,
+                                    saturation=saturation, hue=hue or None)],
+                    p=jitter_p,
                 )
             )
     steps += [
-        v2.Resize((image_size, image_size), antialias=True),
+        v2.Resize(size, antialias=True),
         v2.ClampBoundingBoxes(),
         SanitizeBoxesKeepMask(min_size=min_box_size),
         v2.ToDtype(torch.float32, scale=True),
