@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -220,6 +221,14 @@ class _FlowerProcesses:
     def _superlink_args(self, port: int) -> list[str]:
         raise NotImplementedError
 
+    def _connection(self) -> SuperLinkConnection:
+        """The ``flwr`` CLI's connection to our SuperLink (plain HTTP unless overridden)."""
+        return SuperLinkConnection(CONNECTION_NAME, self.address, insecure=True)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """Client TLS context trusting the SuperLink's CA (``None``: plain HTTP)."""
+        return None
+
     def _start_superlink(self, attempts: int = 3) -> None:
         last_error: Exception | None = None
         for attempt in range(1, attempts + 1):
@@ -234,7 +243,7 @@ class _FlowerProcesses:
             )
             self.processes.append(proc)
             try:
-                _wait_http_health(port, proc, self.startup_timeout)
+                _wait_http_health(port, proc, self.startup_timeout, self._ssl_context())
             except FlowerRunError as exc:  # e.g. port taken in the meantime
                 last_error = exc
                 logger.warning("SuperLink start attempt %d failed: %s", attempt, exc)
@@ -242,9 +251,7 @@ class _FlowerProcesses:
                 self.processes.remove(proc)
                 continue
             self.port, self.superlink = port, proc
-            write_flower_config(
-                self.flwr_home, SuperLinkConnection(CONNECTION_NAME, self.address, insecure=True)
-            )
+            write_flower_config(self.flwr_home, self._connection())
             logger.info("private SuperLink ready on %s (logs: %s)", self.address, proc.log_path)
             return
         raise FlowerRunError(f"could not start flower-superlink: {last_error}")
@@ -541,6 +548,19 @@ class _Site:
     port: int
     proc: ManagedProcess | None = None
     restarts: int = field(default=0)
+    # SuperNode authentication: (private key, public key); the public key is
+    # registered with the SuperLink unless ``register`` is False.
+    auth_key: tuple[Path, Path] | None = None
+    register: bool = True
+    trust_ca: bool = True  # False: start without --root-certificates (system CAs)
+    node_id: int | None = None
+
+
+def _existing_file(path: Path | str, what: str) -> Path:
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{what} {resolved}: no such file")
+    return resolved
 
 
 class LocalDeployment(_FlowerProcesses):
@@ -548,7 +568,19 @@ class LocalDeployment(_FlowerProcesses):
 
     Each site's dict becomes that SuperNode's ``--node-config`` (e.g.
     ``{"data-path": "/data/a", "site-name": "a", "partition-id": 0}``).
-    TLS and SuperNode authentication are reserved keywords, not yet implemented.
+
+    TLS (``insecure=False``): the SuperLink gets ``--ssl-ca-certfile``,
+    ``--ssl-certfile`` and ``--ssl-keyfile``; SuperNodes, the ``flwr`` CLI connection
+    in the private ``FLWR_HOME`` and the readiness check trust ``root_certificates``
+    (default: ``ssl_ca_certfile``). The certificate must name ``127.0.0.1`` (see
+    :func:`privacy.certs.generate_certificates`).
+
+    SuperNode authentication (``enable_supernode_auth=True``, needs TLS): the
+    SuperLink runs with ``--enable-supernode-auth``; ``auth_keys[i]`` = (private key,
+    public key) of site ``i`` in OpenSSH format; each public key is registered with
+    ``flwr supernode register`` before the SuperNodes start, and SuperNode ``i`` gets
+    ``--auth-supernode-private-key``. A SuperNode whose key is not registered is
+    refused by the SuperLink (and exits).
     """
 
     def __init__(
@@ -571,32 +603,127 @@ class LocalDeployment(_FlowerProcesses):
     ) -> None:
         if not sites:
             raise ValueError("LocalDeployment needs at least one site")
-        tls = (root_certificates, ssl_certfile, ssl_keyfile, ssl_ca_certfile, auth_keys)
-        if not insecure or any(x is not None for x in tls) or enable_supernode_auth:
-            raise NotImplementedError(
-                "TLS and SuperNode authentication are not implemented in LocalDeployment yet; "
-                "use insecure=True on loopback"
-            )
+        self.insecure = insecure
+        self.enable_supernode_auth = enable_supernode_auth
+        self.ssl_certfile: Path | None = None
+        self.ssl_keyfile: Path | None = None
+        self.ssl_ca_certfile: Path | None = None
+        self.root_certificates: Path | None = None
+        tls = {"root_certificates": root_certificates, "ssl_certfile": ssl_certfile,
+               "ssl_keyfile": ssl_keyfile, "ssl_ca_certfile": ssl_ca_certfile}  # fmt: skip
+        if insecure:
+            conflicting = [k for k, v in tls.items() if v is not None]
+            if enable_supernode_auth:
+                conflicting.append("enable_supernode_auth")
+            if conflicting:
+                raise ValueError(
+                    f"insecure=True conflicts with {conflicting}; pass insecure=False for TLS"
+                )
+        else:
+            files = {k: v for k, v in tls.items() if v is not None}
+            missing = [k for k in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certfile")
+                       if k not in files]  # fmt: skip
+            if missing:
+                raise ValueError(f"TLS (insecure=False) needs {missing}")
+            files.setdefault("root_certificates", files["ssl_ca_certfile"])
+            checked = {k: _existing_file(v, k) for k, v in files.items()}
+            self.ssl_certfile = checked["ssl_certfile"]
+            self.ssl_keyfile = checked["ssl_keyfile"]
+            self.ssl_ca_certfile = checked["ssl_ca_certfile"]
+            self.root_certificates = checked["root_certificates"]
+        if enable_supernode_auth:
+            if auth_keys is None or len(auth_keys) != len(sites):
+                raise ValueError(
+                    f"enable_supernode_auth needs one (private, public) key pair per site: "
+                    f"{len(sites)} site(s), {0 if auth_keys is None else len(auth_keys)} pair(s)"
+                )
+        elif auth_keys is not None:
+            raise ValueError("auth_keys given but enable_supernode_auth is False")
         self.sites = [_Site(dict(s), port=0) for s in sites]
-        for site in self.sites:
+        for i, site in enumerate(self.sites):
             format_run_config(site.node_config)  # validate early
+            if auth_keys is not None:
+                private, public = auth_keys[i]
+                site.auth_key = (
+                    _existing_file(private, f"site {i} private key"),
+                    _existing_file(public, f"site {i} public key"),
+                )
         super().__init__(
             app_dir, env=env, log_dir=log_dir, cwd=cwd, startup_timeout=startup_timeout,
             keep_temp=keep_temp,
         )  # fmt: skip
 
+    # -- TLS -------------------------------------------------------------------------
+    def _connection(self) -> SuperLinkConnection:
+        if self.insecure:
+            return super()._connection()
+        return SuperLinkConnection(
+            CONNECTION_NAME, self.address, insecure=False,
+            root_certificates=self.root_certificates,
+        )  # fmt: skip
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.insecure:
+            return None
+        return ssl.create_default_context(cafile=str(self.root_certificates))
+
     def _superlink_args(self, port: int) -> list[str]:
+        if self.insecure:
+            security = ["--insecure"]
+        else:
+            security = [
+                "--ssl-ca-certfile", str(self.ssl_ca_certfile),
+                "--ssl-certfile", str(self.ssl_certfile),
+                "--ssl-keyfile", str(self.ssl_keyfile),
+            ]  # fmt: skip
+            if self.enable_supernode_auth:
+                security.append("--enable-supernode-auth")
         return [
-            "--insecure", "--disable-runtime-dependency-installation",
+            *security, "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
+
+    # -- SuperNodes ------------------------------------------------------------------
+    def register_supernode(self, public_key: Path, name: str | None = None) -> int:
+        """``flwr supernode register PUBLIC_KEY``: allow a key; returns the node id."""
+        args = ["supernode", "register", str(public_key), CONNECTION_NAME, "--format", "json"]
+        if name:
+            args[4:4] = ["--name", name]
+        res = self.flwr(*args)
+        try:
+            node_id = _parse_json_output(res.stdout).get("node-id")
+        except ValueError:
+            node_id = None
+        if res.returncode != 0 or node_id is None:
+            raise FlowerRunError(
+                f"could not register SuperNode key {public_key} (exit {res.returncode}): "
+                f"{_strip_ansi(res.stdout + res.stderr).strip()[-500:]}"
+            )
+        logger.info("registered SuperNode key %s as node %s", public_key, node_id)
+        return int(node_id)
+
+    def _register_site(self, site: _Site) -> None:
+        if site.auth_key is None or not site.register or site.node_id is not None:
+            return
+        name = site.node_config.get("site-name")
+        site.node_id = self.register_supernode(
+            site.auth_key[1], name=str(name) if isinstance(name, str) and name else None
+        )
 
     def _start_supernode(self, i: int) -> None:
         site = self.sites[i]
         site.port = find_free_port()
+        if self.insecure:
+            security = ["--insecure"]
+        elif site.trust_ca:
+            security = ["--root-certificates", str(self.root_certificates)]
+        else:
+            security = []  # HTTPS against the system's CA store only
+        if site.auth_key is not None:
+            security += ["--auth-supernode-private-key", str(site.auth_key[0])]
         argv = [
             str(flwr_executable("flower-supernode")),
-            "--insecure",
+            *security,
             "--superlink", self.address,
             "--host", "127.0.0.1",
             "--port", str(site.port),
@@ -612,6 +739,44 @@ class LocalDeployment(_FlowerProcesses):
             cwd=self.cwd,
         )
         self.processes.append(site.proc)
+
+    def add_supernode(
+        self,
+        node_config: Mapping[str, ConfigValue],
+        *,
+        auth_key: tuple[Path, Path] | None = None,
+        register: bool = True,
+        trust_ca: bool = True,
+        wait: bool = True,
+    ) -> int:
+        """Start one more SuperNode (e.g. a site joining late); returns its index.
+
+        ``register=False`` starts it with ``auth_key`` but without registering the
+        public key; ``trust_ca=False`` starts it without ``--root-certificates``.
+        Both exist to check that the SuperLink refuses such nodes: with ``wait=False``
+        nothing waits for the node to come online.
+        """
+        if self.superlink is None or self._stopped:
+            raise RuntimeError("deployment not started (use it as a context manager)")
+        format_run_config(node_config)
+        site = _Site(dict(node_config), port=0, register=register, trust_ca=trust_ca)
+        if auth_key is not None:
+            site.auth_key = (
+                _existing_file(auth_key[0], "private key"),
+                _existing_file(auth_key[1], "public key"),
+            )
+        self.sites.append(site)
+        i = len(self.sites) - 1
+        self._register_site(site)
+        before = len(self.online_nodes()) if wait else 0
+        self._start_supernode(i)
+        if wait:
+            self.wait_for_nodes(count=before + 1)
+        return i
+
+    def supernode_process(self, i: int) -> ManagedProcess | None:
+        """The running process of SuperNode ``i`` (``None`` if stopped)."""
+        return self.sites[i].proc
 
     def online_nodes(self) -> list[dict[str, Any]]:
         """SuperNodes the SuperLink reports as ``online`` (``flwr supernode list``)."""
@@ -646,6 +811,8 @@ class LocalDeployment(_FlowerProcesses):
 
     def _start(self) -> None:
         self._start_superlink()
+        for site in self.sites:
+            self._register_site(site)
         for i in range(len(self.sites)):
             self._start_supernode(i)
         self.wait_for_nodes()
@@ -682,10 +849,17 @@ def _kill_group(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
             continue
 
 
-def _wait_http_health(port: int, proc: ManagedProcess, timeout: float) -> None:
-    """Poll ``http://127.0.0.1:port/health`` until ``proc`` itself answers 2xx."""
-    url = f"http://127.0.0.1:{port}/health"
-    bound_marker = f"running on http://127.0.0.1:{port} "
+def _wait_http_health(
+    port: int, proc: ManagedProcess, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """Poll ``http(s)://127.0.0.1:port/health`` until ``proc`` itself answers 2xx.
+
+    With ``ssl_context`` the check goes over HTTPS and verifies the SuperLink's
+    certificate (so a certificate without the loopback SAN fails here, early).
+    """
+    scheme = "https" if ssl_context is not None else "http"
+    url = f"{scheme}://127.0.0.1:{port}/health"
+    bound_marker = f"running on {scheme}://127.0.0.1:{port} "
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.running():
@@ -694,7 +868,9 @@ def _wait_http_health(port: int, proc: ManagedProcess, timeout: float) -> None:
                 f"ready; see {proc.log_path}:\n{proc.log_tail()}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                url, timeout=1.0, context=ssl_context
+            ) as response:
                 healthy = 200 <= response.status < 300
         except (urllib.error.URLError, OSError):
             healthy = False
