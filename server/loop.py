@@ -265,6 +265,11 @@ class FederatedRun:
                    "run_name": self.cfg.federation.run_name,
                    "rounds": self.state.round},
         )
+        if self.state.events:
+            rows = ["| Round | Site | Event | Reason |", "|---|---|---|---|"]
+            rows += [f"| {e['round']} | {e['site']} | {e['event']} | {e.get('reason', '')} |"
+                     for e in self.state.events]
+            (self.run_dir / "events.md").write_text("\n".join(rows) + "\n")
         render_run_report(self.run_dir)
         log.info("run report: %s", self.run_dir / "report.md")
 

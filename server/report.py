@@ -80,10 +80,11 @@ def render_run_report(run_dir: Path) -> Path:
                 _markdown_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"
             )
 
-    for extra in ("audit.md", "events.md"):
+    for extra, heading in (("audit.md", "Privacy audit (membership inference)"),
+                           ("events.md", "Events (declined or rejected updates)")):
         p = run_dir / extra
         if p.exists():
-            sections[extra.removesuffix(".md").capitalize()] = p.read_text()
+            sections[heading] = p.read_text()
 
     title = f"EndoFed run {run_dir.name}: round {last_round}"
     out = write_evaluation_report(metrics, run_dir, title=title, extra_sections=sections)
