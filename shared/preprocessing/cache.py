@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
@@ -224,9 +223,8 @@ _WORKER: dict[str, SiteCache] = {}
 
 
 def _worker_init(cache_dir: str, config: PreprocessConfig) -> None:
-    import cv2 as _cv2
-
-    _cv2.setNumThreads(1)
+    # Do NOT call cv2.setNumThreads here: in a forked child whose parent already used
+    # OpenCV's thread pool (the site scan decodes in threads) it deadlocks.
     _WORKER["cache"] = SiteCache(cache_dir, config)
 
 
@@ -308,11 +306,8 @@ def preprocess_site(
             results.append(_process(rec, stem, str(out_dir)))
             bar.update()
     else:
-        # spawn, not fork: forking a process whose OpenCV/OpenMP pools are running can
-        # deadlock the children
         with ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
             initargs=(str(cache_dir), config),
         ) as pool:

@@ -70,10 +70,17 @@ def test_cached_loader_plugs_into_dataset(site, tmp_path):
     assert cache.computed == 1
 
 
+@pytest.mark.timeout(120)
 def test_preprocess_site_layout_counts_and_skips_corrupt(site, tmp_path):
     (site / "images" / "zz_broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    report = preprocess_site(site, out, FAST, workers=2, progress=False)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # regression: forked workers after OpenCV's pool ran must not hang
+    try:
+        cv2.resize(np.zeros((512, 512, 3), np.uint8), (300, 300))
+        report = preprocess_site(site, out, FAST, workers=2, progress=False)
+    finally:
+        cv2.setNumThreads(previous)
     assert report.images_found == 7
     assert report.written == 6 and report.computed == 6
     assert len(report.scan_problems) + len(report.failed) == 1
