@@ -136,11 +136,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfigRef:
-    """Site-level switch for the preprocessing pipeline (details in shared.preprocessing)."""
+    """Site-level switches for the preprocessing pipeline (paper 2.1.2).
+
+    Mapped onto :class:`shared.preprocessing.PreprocessConfig` by
+    :func:`shared.data.build.preprocess_config_for`; each stage can be switched off to
+    compare with and without it.
+    """
 
     preprocess: bool = False
     preprocess_crop: bool = True
+    preprocess_inpaint: bool = True
     preprocess_denoise: bool = True
+    preprocess_median: bool = True
+    preprocess_wavelet: bool = True
+    preprocess_detector: str = "classical"
+    preprocess_cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)

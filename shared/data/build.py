@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -13,13 +14,38 @@ from shared.data.site import load_sample
 from shared.data.split import split_records
 
 
+def preprocess_config_for(cfg: EndoFedConfig):
+    """The site's :class:`shared.preprocessing.PreprocessConfig` from the run/node config."""
+    from shared.preprocessing import PreprocessConfig
+
+    p = cfg.preprocess
+    return PreprocessConfig(
+        detect_overlays=p.preprocess_crop or p.preprocess_inpaint,
+        detector=p.preprocess_detector,
+        crop=p.preprocess_crop,
+        inpaint_text=p.preprocess_inpaint,
+        median=p.preprocess_denoise and p.preprocess_median,
+        wavelet=p.preprocess_denoise and p.preprocess_wavelet,
+    )
+
+
+def preprocess_cache_dir(cfg: EndoFedConfig) -> Path:
+    """Where preprocessed samples are cached (never inside the site's data folder)."""
+    if cfg.preprocess.preprocess_cache_dir is not None:
+        return Path(cfg.preprocess.preprocess_cache_dir)
+    if cfg.privacy.state_dir is not None:
+        return Path(cfg.privacy.state_dir) / "preprocess_cache"
+    return Path(cfg.federation.runs_dir).expanduser().resolve() / "_cache" / "preprocess"
+
+
 def sample_loader_for(cfg: EndoFedConfig) -> Callable[[SampleRecord], Sample]:
-    """``record -> Sample``: through the preprocessing cache when the site enables it."""
+    """``record -> Sample``: through the content-addressed preprocessing cache when the
+    site enables preprocessing, so a round never redoes it."""
     if not cfg.preprocess.preprocess:
         return load_sample
-    from shared.preprocessing import site_sample_loader
+    from shared.preprocessing import SiteCache, cached_loader
 
-    return site_sample_loader(cfg)
+    return cached_loader(SiteCache(preprocess_cache_dir(cfg), preprocess_config_for(cfg)))
 
 
 def dataset_for(

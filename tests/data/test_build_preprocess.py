@@ -1,0 +1,32 @@
+"""Preprocessing runs transparently inside the dataset, through the site cache."""
+
+from shared.config import EndoFedConfig
+from shared.data.build import dataset_for, preprocess_config_for, sample_loader_for
+from shared.data.site import load_sample, scan_site
+from shared.data.synthetic import write_site
+
+
+def test_toggles_reach_the_pipeline_config():
+    cfg = EndoFedConfig.from_mapping({"preprocess": True, "preprocess-wavelet": False,
+                                      "preprocess-crop": False})
+    p = preprocess_config_for(cfg)
+    assert p.median and not p.wavelet and not p.crop
+    off = EndoFedConfig.from_mapping({"preprocess": True, "preprocess-denoise": False})
+    assert not preprocess_config_for(off).median and not preprocess_config_for(off).wavelet
+
+
+def test_dataset_reads_through_the_cache(tmp_path):
+    write_site(tmp_path / "site", n_images=3, seed=2, size=(128, 128))
+    records = scan_site(tmp_path / "site").records
+    cache = tmp_path / "cache"
+    cfg = EndoFedConfig.from_mapping({"preprocess": True, "image-size": 64,
+                                      "preprocess-cache-dir": str(cache)})
+    assert sample_loader_for(EndoFedConfig()) is load_sample
+    ds = dataset_for(records, cfg, train=False)
+    first = [ds[i][0] for i in range(len(ds))]
+    assert any(cache.rglob("*")), "nothing was cached"
+    cached = sorted(p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file())
+    again = dataset_for(records, cfg, train=False)
+    second = [again[i][0] for i in range(len(again))]
+    assert all((a == b).all() for a, b in zip(first, second))
+    assert sorted(p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()) == cached
