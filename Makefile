@@ -31,3 +31,20 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs/demo .pytest_cache
+
+# Research grid on the real data sets beside the checkout (docs/EXPERIMENTS.md).
+# Override e.g. `make experiment EXPERIMENT_ARGS="--rounds 1 --seeds 0 --arms central"`.
+DATA            ?= ../shared/data
+EXPERIMENT_OUT  ?= runs/experiment
+EXPERIMENT_ARGS ?=
+.PHONY: experiment
+experiment: $(STAMP)
+	@if [ -d "$(DATA)/kvasir-seg" ] && [ -d "$(DATA)/normal-frames" ]; then \
+	  $(VENV)/bin/endofed simulate --data "$(DATA)/kvasir-seg,$(DATA)/normal-frames" \
+	    --sites 3 --partition iid --arms central,local,fedavg,fedprox,fedadam,fedmedian \
+	    --dp none,8,4,1 --rounds 10 --local-epochs 1 --preset cpu --image-size 128 \
+	    --batch-size 8 --seeds 0,1,2 --out $(EXPERIMENT_OUT) $(EXPERIMENT_ARGS); \
+	else \
+	  echo "make experiment: real data missing ($(DATA)/kvasir-seg and $(DATA)/normal-frames);" \
+	       "set DATA=/path/to/data or see docs/EXPERIMENTS.md for a synthetic run"; \
+	fi

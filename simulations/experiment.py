@@ -316,14 +316,14 @@ def _write_site(
             out.parent.mkdir(exist_ok=True)
             if not cv2.imwrite(str(out), cv2.cvtColor(shifted, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {out}")
-            image = str(out.resolve())
+            image = f"images/{out.name}"  # relative: the folder is renamed into place
         if not mask and r.segmentation:
             sample = sample or load_sample(r)
             out = site_dir / "masks" / f"{stem}.png"
             out.parent.mkdir(exist_ok=True)
             if not cv2.imwrite(str(out), sample.mask.astype(np.uint8) * 255):
                 raise OSError(f"could not write {out}")
-            mask = str(out.resolve())
+            mask = f"masks/{out.name}"
         common = {
             "image": image, "mask": mask, "split": split_of[str(r.image_path)],
             "patient_id": r.meta.patient_id or "", "lesion_id": r.meta.lesion_id or "",
