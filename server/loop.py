@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from server.evaluation import merge_evaluation_replies
@@ -55,6 +56,7 @@ class FederatedRun:
         self.context = context
         self.secure: SecureTrainingPhase | None = None
         self.node_sites: dict[int, str] = {}
+        self._rounds_run = 0  # rounds run by this process (resumed runs start at 0)
         self.run_config = dict(run_config)
         self.run_dir = Path(cfg.federation.runs_dir).expanduser().resolve() / (
             cfg.federation.run_name
@@ -118,6 +120,7 @@ class FederatedRun:
                 eval_rows = self._evaluate_round(server_round, arrays)
                 self._record_round(server_round, arrays, train_rows, eval_rows,
                                    time.perf_counter() - t0)
+                self._rounds_run += 1
         finally:
             if self.secure is not None:
                 self.secure.close()
@@ -153,9 +156,46 @@ class FederatedRun:
             }
         )
 
+    def _online_nodes(self) -> int:
+        return len(list(self.grid.get_node_ids()))
+
+    def _relax_min_available(self, server_round: int, floor: int) -> None:
+        """Keep a round from waiting forever for ``min-available-nodes`` after a site died.
+
+        Flower's ``sample_nodes`` blocks until ``min_available_nodes`` SuperNodes are
+        connected. The first round this process runs waits like that (the federation
+        starts when enough hospitals have joined); later rounds wait at most
+        ``round-timeout`` and then go on with the nodes online, never fewer than
+        ``floor`` (``min-train-nodes`` / ``min-evaluate-nodes``, which Flower still
+        waits for).
+        """
+        configured = self.cfg.federation.min_available_nodes
+        if not hasattr(self.strategy, "min_available_nodes"):
+            return
+        self.strategy.min_available_nodes = configured
+        if not self._rounds_run or self._online_nodes() >= configured:
+            return
+        deadline = time.monotonic() + self.cfg.federation.round_timeout
+        log.info("round %d: waiting up to %.0fs for min-available-nodes=%d (%d online)",
+                 server_round, self.cfg.federation.round_timeout, configured,
+                 self._online_nodes())
+        while (online := self._online_nodes()) < configured and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if online < configured:
+            cap = max(online, floor, 1)
+            log.warning("round %d: only %d of min-available-nodes=%d SuperNodes online "
+                        "after %.0fs; going on with %d", server_round, online, configured,
+                        self.cfg.federation.round_timeout, cap)
+            self.strategy.min_available_nodes = cap
+            self.state.events.append(
+                {"round": server_round, "site": "global", "event": "degraded",
+                 "reason": f"{online} of min-available-nodes={configured} nodes online"}
+            )
+
     def _train_round(
         self, server_round: int, arrays: ArrayRecord
     ) -> tuple[ArrayRecord, dict[str, dict[str, float]]]:
+        self._relax_min_available(server_round, self.cfg.federation.min_train_nodes)
         messages = list(
             self.strategy.configure_train(
                 server_round, arrays, self._base_config(server_round), self.grid
@@ -164,23 +204,50 @@ class FederatedRun:
         replies = list(
             self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         )
+        # Pushed messages carry their ids; a reply the SuperLink made up for a node
+        # that went offline comes from the SuperLink itself, so map it back.
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+        def node_of(reply: Message) -> int:
+            return dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
         valid, screened = screen_train_replies(replies, self.expected_shapes)
         rows: dict[str, dict[str, float]] = {}
         for msg in valid:
+            self.node_sites[node_of(msg)] = site_of(msg)
             rows[site_of(msg)] = {
                 k: float(v) for k, v in msg.content[METRICS_KEY].items()
                 if not isinstance(v, list)
             }
-        for item in screened:
-            rows.setdefault(item.site, {})["declined" if item.declined else "rejected"] = 1.0
+        failed = [r for r in replies if not any(r is v for v in valid)]
+        for item, msg in zip(screened, failed, strict=True):
+            node = node_of(msg)
+            site = self.node_sites.get(node, item.site) if msg.has_error() else item.site
+            if item.declined:
+                event = "declined"
+            elif msg.has_error() and msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+                event = "unavailable"
+            else:
+                event = "rejected"
+            rows.setdefault(site, {})[event] = 1.0
+            self.state.events.append({"round": server_round, "site": site, "node": node,
+                                      "event": event, "reason": item.reason})
+        replied = {node_of(r) for r in replies}
+        silent = [m.metadata.dst_node_id for m in messages
+                  if m.metadata.dst_node_id not in replied]
+        if silent:
+            log.warning("round %d: %d of %d sites did not reply within %.0fs: %s",
+                        server_round, len(silent), len(messages),
+                        self.cfg.federation.round_timeout,
+                        ", ".join(self.node_sites.get(n, f"node-{n}") for n in silent))
+        for node in silent:
+            site = self.node_sites.get(node, f"node-{node}")
+            rows.setdefault(site, {})["missing"] = 1.0
             self.state.events.append(
-                {"round": server_round, "site": item.site, "node": item.node_id,
-                 "event": "declined" if item.declined else "rejected", "reason": item.reason}
+                {"round": server_round, "site": site, "node": node, "event": "missing",
+                 "reason": f"no reply within round-timeout "
+                           f"({self.cfg.federation.round_timeout:.0f}s)"}
             )
-        missing = len(messages) - len(replies)
-        if missing > 0:
-            log.warning("round %d: %d of %d sites did not reply in time",
-                        server_round, missing, len(messages))
         if len(valid) < max(1, self.cfg.federation.min_train_nodes):
             log.warning(
                 "round %d: only %d usable updates (< min-train-nodes=%d); "
@@ -200,6 +267,7 @@ class FederatedRun:
     def _evaluate_round(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         if self.cfg.federation.fraction_evaluate <= 0:
             return {}
+        self._relax_min_available(server_round, self.cfg.federation.min_evaluate_nodes)
         messages = list(
             self.strategy.configure_evaluate(
                 server_round, arrays, self._base_config(server_round), self.grid

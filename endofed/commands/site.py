@@ -12,7 +12,9 @@ LAYOUT_CHOICES = ("auto", "kvasir", "coco", "manifest")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``site`` (with its ``check`` action) to the ``endofed`` parser."""
-    site = subparsers.add_parser("site", help="inspect a site's data folder")
+    site = subparsers.add_parser(
+        "site", help="inspect a site's data folder, join a federation"
+    )
     actions = site.add_subparsers(dest="site_command", metavar="ACTION")
     check = actions.add_parser(
         "check",
@@ -26,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                        help="folder layout (default: detect)")
     check.set_defaults(func=run_check)
+    from endofed.commands.site_join import register_join
+
+    register_join(actions)
     site.set_defaults(func=lambda args: (site.print_help(), 2)[1])
 
 
