@@ -1,0 +1,340 @@
+"""Outgoing audit: the single chokepoint every ClientApp reply passes before it leaves.
+
+:func:`outgoing_audit_mod` is a Flower client mod (register it app-wide with
+``ClientApp(mods=[outgoing_audit_mod])`` so it wraps every handler and every other
+mod, SecAgg+ included). It lets a reply through only if everything in it is on the
+allow-list below, and otherwise replaces it with an error :class:`~flwr.app.Message`
+naming the offending record/key (never its value) and logs the refusal.
+
+Allowed content (anything else is refused):
+
+* ``ArrayRecord "arrays"``: trainable model weights, each with a name and shape of
+  ``trainable_state(build_model(...))`` for the site's config, floating dtype.
+* ``ArrayRecord "metric-state"``: :meth:`MetricAccumulator.state` arrays, each with a
+  template key, shape and dtype kind (int/float).
+* ``MetricRecord "metrics"``: numeric scalars (no lists: a list of numbers can
+  carry an image), keys without path separators.
+* ``ConfigRecord "site"``: exactly ``{"site-name": <hospital name>}``; the name may
+  not contain ``/`` or ``\\``.
+* SecAgg+ (flwr's ``secaggplus_mod`` in the legacy workflow): the protocol record
+  ``"secaggplus_configs"`` of each stage (public keys, encrypted key shares,
+  masked vectors whose shapes are the model's, node ids) and the legacy ``FitRes``
+  envelope (empty ``"fitres.parameters"``, numeric ``"fitres.metrics"`` /
+  ``"fitres.num_examples"``, ``"fitres.status"`` with an ``ok`` message).
+
+An exception raised by the ClientApp is logged in full on the site and answered with
+an error that names only the exception type: Flower would otherwise send
+``str(exception)`` to the server, and exception texts often hold file paths.
+
+The audit protects against *accidental* leaks by EndoFed's own code (a debugging
+image in a reply, a path in a metric); code running in the ClientApp process could
+bypass it, so it does not replace code review (see ``docs/SECURITY.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
+
+from shared.config import EndoFedConfig
+from shared.metrics.accumulator import MetricAccumulator
+
+__all__ = [
+    "ARRAYS_KEY",
+    "METRICS_KEY",
+    "OutgoingPolicy",
+    "OutgoingViolation",
+    "SITE_KEY",
+    "STATE_KEY",
+    "audit_content",
+    "outgoing_audit_mod",
+    "policy_for",
+]
+
+logger = logging.getLogger(__name__)
+
+ARRAYS_KEY = "arrays"
+STATE_KEY = "metric-state"
+METRICS_KEY = "metrics"
+SITE_KEY = "site"
+SITE_NAME_KEY = "site-name"
+
+# SecAgg+ (flwr.common.secure_aggregation.secaggplus_constants) and legacy FitRes.
+SECAGG_KEY = "secaggplus_configs"
+FITRES_PARAMETERS = "fitres.parameters"
+FITRES_METRICS = "fitres.metrics"
+FITRES_NUM_EXAMPLES = "fitres.num_examples"
+FITRES_STATUS = "fitres.status"
+_OK_STATUS_MESSAGES = {"ok", "success", ""}
+# Largest single protocol blob a SecAgg+ stage may send (keys and encrypted shares of
+# 32-byte secrets are a few hundred bytes; an image is tens of kilobytes).
+MAX_SECAGG_BLOB = 4096
+
+_SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,79}$")
+AUDIT_ERROR_CODE = ErrorCode.MOD_FAILED_PRECONDITION
+
+CallNext = Callable[[Message, Context], Message]
+
+
+class OutgoingViolation(ValueError):
+    """A reply holds something that may not leave the site."""
+
+    def __init__(self, record: str, key: str | None, reason: str) -> None:
+        self.record, self.key, self.reason = record, key, reason
+        where = f"{record!r}" if key is None else f"{record!r}[{key!r}]"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class OutgoingPolicy:
+    """What a site may send: weight and metric-state shapes for its config."""
+
+    weights: Mapping[str, tuple[int, ...]]
+    metric_state: Mapping[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype kind)
+
+    @classmethod
+    def from_config(cls, cfg: EndoFedConfig) -> OutgoingPolicy:
+        """Build the site's model and an empty accumulator, record their shapes."""
+        return _policy_cached(
+            cfg.model.preset,
+            tuple(cfg.data.class_names),
+            tuple(cfg.data.morphology_names),
+            int(cfg.data.image_size),
+            cfg.model.finetune,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _policy_cached(
+    preset: str,
+    class_names: tuple[str, ...],
+    morphology_names: tuple[str, ...],
+    image_size: int,
+    finetune: str,
+) -> OutgoingPolicy:
+    import torch
+
+    from shared.model import build_model, trainable_state
+
+    with torch.no_grad():
+        model = build_model(
+            preset=preset, num_classes=len(class_names), image_size=image_size,
+            finetune=finetune,
+        )  # fmt: skip
+        weights = {k: tuple(v.shape) for k, v in trainable_state(model).items()}
+    del model
+    acc = MetricAccumulator(class_names=list(class_names), morphology_names=list(morphology_names))
+    state = {k: (tuple(v.shape), _kind(v.dtype)) for k, v in acc.state().items()}
+    logger.debug("outgoing policy: %d weight arrays, %d metric-state arrays", len(weights),
+                 len(state))  # fmt: skip
+    return OutgoingPolicy(weights=weights, metric_state=state)
+
+
+def policy_for(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> OutgoingPolicy:
+    """The policy of the site configured by Flower's run and node config (cached)."""
+    return OutgoingPolicy.from_config(EndoFedConfig.from_flower(run_config, node_config))
+
+
+def _kind(dtype: np.dtype) -> str:
+    kind = np.dtype(dtype).kind
+    return "int" if kind in "iu" else "float" if kind == "f" else kind
+
+
+def _check_key(record: str, key: str) -> None:
+    if not isinstance(key, str) or not _SAFE_KEY_RE.match(key):
+        raise OutgoingViolation(record, None, f"key of length {len(str(key))} is not a plain "
+                                "metric name (letters, digits, '_.@:+-', no path separators)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, str)
+
+
+# -- records -----------------------------------------------------------------------------
+def _audit_weights(name: str, record: ArrayRecord, policy: OutgoingPolicy) -> None:
+    for key, array in record.items():
+        expected = policy.weights.get(key)
+        if expected is None:
+            raise OutgoingViolation(name, key, "not a trainable weight of the site's model")
+        value = array.numpy()
+        if tuple(value.shape) != expected:
+            raise OutgoingViolation(
+                name, key, f"shape {tuple(value.shape)} differs from the weight's {expected}"
+            )
+        if value.dtype.kind != "f":
+            raise OutgoingViolation(name, key, f"dtype {value.dtype} is not a float weight")
+
+
+def _audit_metric_state(name: str, record: ArrayRecord, policy: OutgoingPolicy) -> None:
+    for key, array in record.items():
+        expected = policy.metric_state.get(key)
+        if expected is None:
+            raise OutgoingViolation(name, key, "not a MetricAccumulator state key")
+        value = array.numpy()
+        shape, kind = expected
+        if tuple(value.shape) != shape:
+            raise OutgoingViolation(
+                name, key, f"shape {tuple(value.shape)} differs from the state's {shape}"
+            )
+        if _kind(value.dtype) != kind:
+            raise OutgoingViolation(name, key, f"dtype {value.dtype} is not {kind}")
+
+
+def _audit_numeric(name: str, record: Mapping[str, Any]) -> None:
+    for key, value in record.items():
+        _check_key(name, key)
+        if not _is_number(value):
+            what = "list" if isinstance(value, list) else type(value).__name__
+            raise OutgoingViolation(name, key, f"value is a {what}, only numbers may leave")
+
+
+def _audit_site(name: str, record: ConfigRecord) -> None:
+    extra = sorted(k for k in record if k != SITE_NAME_KEY)
+    if extra:
+        raise OutgoingViolation(name, extra[0], f"only {SITE_NAME_KEY!r} is allowed here")
+    value = record.get(SITE_NAME_KEY)
+    if not isinstance(value, str) or not value.strip():
+        raise OutgoingViolation(name, SITE_NAME_KEY, "must be a non-empty string")
+    if "/" in value or "\\" in value or len(value) > 128 or not value.isprintable():
+        raise OutgoingViolation(
+            name, SITE_NAME_KEY, "looks like a path, not a hospital name (has '/' or '\\', "
+            "control characters or more than 128 characters)",
+        )  # fmt: skip
+
+
+def _audit_status(name: str, record: ConfigRecord) -> None:
+    if set(record) != {"code", "message"}:
+        raise OutgoingViolation(name, None, f"keys {sorted(record)} != ['code', 'message']")
+    if not isinstance(record["code"], int):
+        raise OutgoingViolation(name, "code", "must be an int")
+    message = record["message"]
+    if not isinstance(message, str) or message.strip().lower() not in _OK_STATUS_MESSAGES:
+        raise OutgoingViolation(name, "message", "only an 'ok' status message may leave")
+
+
+def _blobs(name: str, key: str, value: Any) -> list[bytes]:
+    values = value if isinstance(value, list) else [value]
+    for blob in values:
+        if not isinstance(blob, bytes):
+            raise OutgoingViolation(name, key, f"expected bytes, got {type(blob).__name__}")
+        if len(blob) > MAX_SECAGG_BLOB:
+            raise OutgoingViolation(
+                name, key, f"{len(blob)}-byte blob exceeds the {MAX_SECAGG_BLOB}-byte bound"
+            )
+    return values
+
+
+def _int_list(name: str, key: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise OutgoingViolation(name, key, "expected a list of node ids")
+    return value
+
+
+def _audit_secagg(name: str, record: ConfigRecord, policy: OutgoingPolicy) -> None:
+    """One SecAgg+ stage reply (see ``flwr.client.mod.secaggplus_mod``)."""
+    keys = set(record)
+    if keys == {"pk1", "pk2"}:  # setup
+        for key in keys:
+            _blobs(name, key, record[key])
+    elif keys == {"dsts", "ctxts"} or keys == {"nids", "shares"}:  # share keys / unmask
+        ids_key, blob_key = ("dsts", "ctxts") if "dsts" in keys else ("nids", "shares")
+        ids = _int_list(name, ids_key, record[ids_key])
+        blobs = _blobs(name, blob_key, record[blob_key])
+        if len(ids) != len(blobs):
+            raise OutgoingViolation(name, blob_key, f"{len(blobs)} blobs for {len(ids)} nodes")
+    elif keys == {"masked_params"}:  # masked, quantised weights
+        from flwr.common import bytes_to_ndarray
+
+        value = record["masked_params"]
+        if not isinstance(value, list) or not all(isinstance(b, bytes) for b in value):
+            raise OutgoingViolation(name, "masked_params", "expected a list of bytes")
+        shapes = [tuple(bytes_to_ndarray(b).shape) for b in value]
+        # flwr prepends the quantised weight factor, a (1,) array.
+        expected = [(1,), *policy.weights.values()]
+        if shapes != expected:
+            bad = next((i for i, (a, b) in enumerate(zip(shapes, expected)) if a != b),
+                       min(len(shapes), len(expected)))  # fmt: skip
+            raise OutgoingViolation(
+                name, f"masked_params[{bad}]",
+                f"{len(shapes)} masked arrays whose shapes are not the model's "
+                f"({len(expected)} expected; first difference at index {bad})",
+            )  # fmt: skip
+    else:
+        raise OutgoingViolation(name, None, f"unknown SecAgg+ reply keys {sorted(keys)}")
+
+
+def audit_content(content: RecordDict, policy: OutgoingPolicy) -> None:
+    """Raise :class:`OutgoingViolation` unless every record of ``content`` is allowed."""
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            if name == ARRAYS_KEY:
+                _audit_weights(name, record, policy)
+            elif name == STATE_KEY:
+                _audit_metric_state(name, record, policy)
+            elif name == FITRES_PARAMETERS and len(record) == 0:
+                pass  # cleared by secaggplus_mod: the weights travel masked
+            else:
+                raise OutgoingViolation(name, next(iter(record), None), "unexpected ArrayRecord")
+        elif isinstance(record, MetricRecord):
+            if name not in (METRICS_KEY, FITRES_NUM_EXAMPLES):
+                raise OutgoingViolation(name, None, "unexpected MetricRecord")
+            _audit_numeric(name, record)
+        elif isinstance(record, ConfigRecord):
+            if name == SITE_KEY:
+                _audit_site(name, record)
+            elif name == FITRES_METRICS:
+                _audit_numeric(name, record)
+            elif name == FITRES_STATUS:
+                _audit_status(name, record)
+            elif name == SECAGG_KEY:
+                _audit_secagg(name, record, policy)
+            else:
+                raise OutgoingViolation(name, None, "unexpected ConfigRecord")
+        else:  # pragma: no cover - flwr has no other record type in 1.41
+            raise OutgoingViolation(name, None, f"unexpected record type {type(record).__name__}")
+
+
+def _refuse(msg: Message, reason: str, code: int = AUDIT_ERROR_CODE) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def outgoing_audit_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
+    """Flower mod: pass the reply only if everything in it may leave the site."""
+    try:
+        reply = call_next(msg, context)
+    except Exception as exc:
+        logger.exception("ClientApp raised %s; the server gets only the type",
+                         type(exc).__name__)  # fmt: skip
+        return _refuse(
+            msg,
+            f"ClientApp raised {type(exc).__name__} (details in the site's log)",
+            ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+        )
+    if reply.has_error() or not reply.has_content():
+        return reply
+    try:
+        policy = policy_for(context.run_config, context.node_config)
+        audit_content(reply.content, policy)
+    except OutgoingViolation as exc:
+        logger.error("outgoing audit refused a %s reply: %s", msg.metadata.message_type, exc)
+        return _refuse(msg, f"outgoing audit refused the reply: {exc}")
+    except Exception as exc:  # the policy itself could not be built: fail closed
+        logger.exception("outgoing audit could not check the reply")
+        return _refuse(msg, f"outgoing audit failed ({type(exc).__name__}); reply withheld")
+    return reply

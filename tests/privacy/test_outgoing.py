@@ -1,0 +1,213 @@
+"""The outgoing audit mod on real ClientApp replies (tiny model, real accumulator)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.common import ndarray_to_bytes
+from flwr.common.constant import ErrorCode
+
+import client.app as client_app
+from client.runtime import get_site_runtime
+from privacy.outgoing import OutgoingViolation, audit_content, outgoing_audit_mod, policy_for
+from shared.metrics.accumulator import MetricAccumulator
+from shared.model import trainable_state
+
+RUN_CONFIG: dict[str, Any] = {
+    "preset": "tiny",
+    "image-size": 64,
+    "batch-size": 4,
+    "val-fraction": 0.34,
+    "augment": False,
+    "local-epochs": 1,
+    "max-steps": 1,
+    "class-names": "polyp",
+    "device": "cpu",
+    "dp-epsilon": 0.0,
+}
+
+Handler = Callable[[Message, Context], Message]
+
+
+@pytest.fixture
+def context(kvasir_site: Callable[..., Path], tmp_path: Path) -> Context:
+    specs = {f"img{i}": [(8 + 3 * i, 10, 40 + i, 44)] for i in range(5)}
+    specs["normal"] = []
+    site = kvasir_site(specs, size=(64, 64), name="hospital_a")
+    node = {"data-path": str(site), "site-name": "hospital-a", "state-dir": str(tmp_path / "st")}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
+                   run_config=dict(RUN_CONFIG))  # fmt: skip
+
+
+def _incoming(context: Context, message_type: str) -> Message:
+    rt = get_site_runtime(context.run_config, context.node_config)
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in trainable_state(rt.model).items()})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
+    # As the SuperNode hands it to the ClientApp (metadata stamped by the SuperLink).
+    meta = Metadata(
+        run_id=context.run_id, message_id=f"m-{message_type}", src_node_id=0,
+        dst_node_id=context.node_id, reply_to_message_id="", group_id="1",
+        created_at=time.time(), ttl=600.0, message_type=message_type,
+    )  # fmt: skip
+    return Message(content=content, metadata=meta)
+
+
+def _audited(train: Handler = client_app.train, evaluate: Handler = client_app.evaluate):
+    app = ClientApp(mods=[outgoing_audit_mod])
+    app.train()(train)
+    app.evaluate()(evaluate)
+    return app
+
+
+def _tamper(handler: Handler, change: Callable[[RecordDict], None]) -> Handler:
+    def tampered(msg: Message, context: Context) -> Message:
+        reply = handler(msg, context)
+        change(reply.content)
+        return reply
+
+    return tampered
+
+
+def _refusal(reply: Message) -> str:
+    assert reply.has_error(), "the audit let a forbidden reply through"
+    assert reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert not reply.has_content()
+    return reply.error.reason or ""
+
+
+def test_legitimate_train_and_evaluate_replies_pass(context: Context) -> None:
+    app = _audited()
+    train_reply = app(_incoming(context, "train"), context)
+    assert not train_reply.has_error(), train_reply.error.reason if train_reply.has_error() else ""
+    rt = get_site_runtime(context.run_config, context.node_config)
+    assert set(train_reply.content["arrays"]) == set(trainable_state(rt.model))
+    assert train_reply.content["site"]["site-name"] == "hospital-a"
+
+    eval_reply = app(_incoming(context, "evaluate"), context)
+    assert not eval_reply.has_error(), eval_reply.error.reason if eval_reply.has_error() else ""
+    state = {k: v.numpy() for k, v in eval_reply.content["metric-state"].items()}
+    template = MetricAccumulator(
+        class_names=["polyp"], morphology_names=rt.cfg.data.morphology_names
+    ).state()
+    assert set(state) == set(template)
+    assert int(state["num_images"]) == len(rt.val_set) > 0  # a real, non-empty evaluation
+
+
+def test_injected_image_tensor_is_refused(context: Context, caplog) -> None:
+    def add_image(content: RecordDict) -> None:
+        image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        content["arrays"]["debug-frame"] = Array(image)
+
+    app = _audited(train=_tamper(client_app.train, add_image))
+    with caplog.at_level("ERROR", logger="privacy.outgoing"):
+        reason = _refusal(app(_incoming(context, "train"), context))
+    assert "debug-frame" in reason and "not a trainable weight" in reason
+    assert any("debug-frame" in r.getMessage() for r in caplog.records)
+
+
+def test_image_shaped_like_chw_under_a_weight_name_is_refused(context: Context) -> None:
+    def swap(content: RecordDict) -> None:
+        name = next(iter(content["arrays"]))
+        content["arrays"][name] = Array(np.zeros((3, 64, 64), np.uint8))
+
+    reason = _refusal(_audited(train=_tamper(client_app.train, swap))(
+        _incoming(context, "train"), context))  # fmt: skip
+    assert "(3, 64, 64)" in reason
+
+
+def test_wrong_shaped_weight_is_refused(context: Context) -> None:
+    def reshape(content: RecordDict) -> None:
+        name, array = next(iter(content["arrays"].items()))
+        content["arrays"][name] = Array(array.numpy().reshape(-1)[:-1].copy())
+
+    reason = _refusal(_audited(train=_tamper(client_app.train, reshape))(
+        _incoming(context, "train"), context))  # fmt: skip
+    assert "differs from the weight's" in reason
+
+
+def test_extra_array_in_metric_state_and_extra_record_are_refused(context: Context) -> None:
+    def extra_state(content: RecordDict) -> None:
+        content["metric-state"]["per_image_scores"] = Array(np.zeros(5, np.float64))
+
+    reason = _refusal(_audited(evaluate=_tamper(client_app.evaluate, extra_state))(
+        _incoming(context, "evaluate"), context))  # fmt: skip
+    assert "per_image_scores" in reason
+
+    def extra_record(content: RecordDict) -> None:
+        content["embeddings"] = ArrayRecord({"e": Array(np.zeros((2, 8), np.float32))})
+
+    reason = _refusal(_audited(evaluate=_tamper(client_app.evaluate, extra_record))(
+        _incoming(context, "evaluate"), context))  # fmt: skip
+    assert "embeddings" in reason
+
+
+@pytest.mark.parametrize(
+    ("record", "value", "message"),
+    [
+        ("site", ConfigRecord({"site-name": "/data/hospital_a/images"}), "looks like a path"),
+        ("site", ConfigRecord({"site-name": "a", "data-path": "x"}), "data-path"),
+        ("metrics", MetricRecord({"num-examples": 4, "scores": [0.1, 0.9]}), "scores"),
+        ("debug", ConfigRecord({"image": "C:\\scans\\patient_0042.png"}), "debug"),
+    ],
+)
+def test_paths_ids_and_lists_in_metric_or_config_records_are_refused(
+    context: Context, record: str, value: Any, message: str
+) -> None:
+    def put(content: RecordDict) -> None:
+        content[record] = value
+
+    reply = _audited(train=_tamper(client_app.train, put))(_incoming(context, "train"), context)
+    reason = _refusal(reply)
+    assert message in reason
+    assert "patient_0042" not in reason and "/data/hospital_a" not in reason  # value not echoed
+
+
+def test_exception_text_does_not_leave_the_site(context: Context) -> None:
+    def crash(msg: Message, ctx: Context) -> Message:
+        raise FileNotFoundError("/data/hospital_a/patient_0042/frame_17.png")
+
+    reply = _audited(train=crash)(_incoming(context, "train"), context)
+    assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert "FileNotFoundError" in reply.error.reason
+    assert "patient_0042" not in reply.error.reason
+
+
+def test_secagg_masked_vectors_must_have_the_model_shapes(context: Context) -> None:
+    policy = policy_for(context.run_config, context.node_config)
+    masked = [ndarray_to_bytes(np.array([3], np.int64))] + [
+        ndarray_to_bytes(np.zeros(shape, np.int64)) for shape in policy.weights.values()
+    ]
+    legit = RecordDict({
+        "secaggplus_configs": ConfigRecord({"masked_params": masked}),
+        "fitres.parameters": ArrayRecord(),
+        "fitres.metrics": ConfigRecord({"train-loss": 0.5}),
+        "fitres.num_examples": MetricRecord({"num_examples": 4}),
+        "fitres.status": ConfigRecord({"code": 0, "message": "ok"}),
+    })  # fmt: skip
+    audit_content(legit, policy)
+    smuggled = masked + [ndarray_to_bytes(np.zeros((64, 64, 3), np.int64))]
+    with pytest.raises(OutgoingViolation, match="masked_params"):
+        audit_content(RecordDict({"secaggplus_configs": ConfigRecord({"masked_params": smuggled})}),
+                      policy)  # fmt: skip
+    with pytest.raises(OutgoingViolation, match="status"):
+        audit_content(RecordDict({"fitres.status": ConfigRecord(
+            {"code": 0, "message": "patient 0042 failed"})}), policy)  # fmt: skip
+    with pytest.raises(OutgoingViolation, match="exceeds"):
+        audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
+            {"pk1": b"k" * 65, "pk2": b"\x00" * 20_000})}), policy)  # fmt: skip
