@@ -41,24 +41,30 @@ from ._base import (
 log = logging.getLogger(__name__)
 
 
-def _parse_bbox_entry(entry: Any) -> tuple[np.ndarray, list[str], tuple[int, int] | None]:
-    """One ``kavsir_bboxes.json`` value -> (boxes, labels, (H, W) or None)."""
+def _parse_bbox_entry(
+    entry: Any,
+) -> tuple[np.ndarray, list[str], tuple[int, int] | None, list[str]]:
+    """One ``kavsir_bboxes.json`` value -> (boxes, labels, (H, W) or None, morphologies).
+
+    A box may carry its own ``morphology``; boxes without one get ``""`` (then the
+    manifest's per-image morphology applies to all of the image's boxes)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("bbox", []), list):
         raise ValueError("entry is not {height, width, bbox: [...]}")
-    boxes, labels = [], []
+    boxes, labels, morphs = [], [], []
     for b in entry.get("bbox", []):
         try:
             boxes.append([float(b[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"box {b!r} lacks numeric xmin/ymin/xmax/ymax") from exc
         labels.append(clean_str(b.get("label")) or "lesion")
+        morphs.append(clean_str(b.get("morphology")) or "")
     size = None
     if "height" in entry and "width" in entry:
         try:
             size = (int(entry["height"]), int(entry["width"]))
         except (TypeError, ValueError) as exc:
             raise ValueError("height/width are not integers") from exc
-    return np.asarray(boxes, np.float32).reshape(-1, 4), labels, size
+    return np.asarray(boxes, np.float32).reshape(-1, 4), labels, size, morphs
 
 
 def _load_bbox_json(root: Path, report: DataReport) -> dict[str, Any]:
@@ -140,7 +146,11 @@ def scan_kvasir(
         if img.stem in bboxes:
             json_path, entry = bboxes[img.stem]
             try:
-                cand.boxes, cand.box_labels, cand.expected_size = _parse_bbox_entry(entry)
+                cand.boxes, cand.box_labels, cand.expected_size, morphs = _parse_bbox_entry(
+                    entry
+                )
+                if any(morphs):
+                    cand.box_morphologies = [m or cand.morphology for m in morphs]
             except ValueError as exc:
                 report.images_found += 1
                 report.add_problem(img, f"{json_path.name}: {exc}")
