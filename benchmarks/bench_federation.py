@@ -94,10 +94,10 @@ class _RssSampler(threading.Thread):
 
     def __init__(self, runtime: LocalSimulationRuntime | LocalDeployment) -> None:
         super().__init__(daemon=True)
-        self.runtime, self.peak, self._stop = runtime, 0, threading.Event()
+        self.runtime, self.peak, self._halt = runtime, 0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._halt.wait(0.5):
             total = 0
             for pid in list(self.runtime.alive_processes()):
                 try:
@@ -109,7 +109,7 @@ class _RssSampler(threading.Thread):
             self.peak = max(self.peak, total)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
         return self.peak
 
