@@ -19,6 +19,7 @@ from client.secure import (
     secagg_when_requested,
 )
 from client.training import BudgetExhausted, local_evaluate, local_train
+from privacy.outgoing import outgoing_audit_mod
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ METRICS_KEY = "metrics"
 SITE_KEY = "site"
 STATE_KEY = "metric-state"
 
-app = ClientApp()
+app = ClientApp(mods=[outgoing_audit_mod])  # every reply is audited before it leaves
 
 
 def _arrays(record: ArrayRecord) -> dict:
