@@ -14,10 +14,9 @@ from torch.utils.data import DataLoader
 
 from client.site import SiteData, resolve_site
 from shared.config import EndoFedConfig
-from shared.data.build import loader_for, train_val_datasets
+from shared.data.build import loader_for, model_for, train_val_datasets
 from shared.data.dataset import DetectionDataset
 from shared.engine import configure_threads, resolve_device
-from shared.model import build_model
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +79,7 @@ def build_site_runtime(
             f"site {site.name}: no training images after the split "
             f"({len(site.records)} usable images in total)"
         )
-    model = build_model(
-        preset=cfg.model.preset,
-        num_classes=len(cfg.data.class_names),
-        image_size=cfg.data.image_size,
-        weights_path=cfg.model.weights_path,
-        finetune=cfg.model.finetune,
-    ).to(device)
+    model = model_for(cfg).to(device)
     log.info("site %s: %d train / %d val images on %s", site.name, len(train_set),
              len(val_set), device)
     return SiteRuntime(cfg=cfg, site=site, device=device, model=model,

@@ -27,7 +27,8 @@ from server.run_state import RunState, load_run_state, save_run_state, write_rou
 from server.secagg import SecureTrainingPhase
 from server.strategies import build_strategy, load_strategy_state, strategy_state
 from shared.config import ConfigError, EndoFedConfig
-from shared.model import build_model, load_trainable_state, save_checkpoint, trainable_state
+from shared.data.build import model_for
+from shared.model import load_trainable_state, save_checkpoint, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,7 @@ class FederatedRun:
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial model
-        self.model = build_model(
-            preset=cfg.model.preset,
-            num_classes=len(cfg.data.class_names),
-            image_size=cfg.data.image_size,
-            weights_path=cfg.model.weights_path,
-            finetune=cfg.model.finetune,
-        )
+        self.model = model_for(cfg)
         initial = {k: v.detach().cpu().numpy() for k, v in trainable_state(self.model).items()}
         self.expected_shapes = {k: tuple(v.shape) for k, v in initial.items()}
         state = load_run_state(self.run_dir)

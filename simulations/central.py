@@ -12,14 +12,14 @@ from typing import Any
 import torch
 
 from shared.config import EndoFedConfig
-from shared.data.build import loader_for, train_val_datasets
+from shared.data.build import loader_for, model_for, train_val_datasets
 from shared.data.labels import harmonize_labels
 from shared.data.sample import SampleRecord
 from shared.data.site import scan_site
 from shared.engine import Trainer, configure_threads, evaluate, resolve_device
 from shared.metrics import MetricAccumulator, flat_scalars
 from shared.metrics.report import write_evaluation_report
-from shared.model import build_model, save_checkpoint
+from shared.model import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,7 @@ def train_central(
     train_set, val_set = train_val_datasets(records, cfg)
     log.info("central: %d train / %d val images, preset %s on %s",
              len(train_set), len(val_set), cfg.model.preset, device)
-    model = build_model(
-        preset=cfg.model.preset,
-        num_classes=len(cfg.data.class_names),
-        image_size=cfg.data.image_size,
-        weights_path=cfg.model.weights_path,
-        finetune=cfg.model.finetune,
-    ).to(device)
+    model = model_for(cfg).to(device)
     trainer = Trainer(model, cfg.train, device=device, progress=progress)
     result = trainer.fit(
         loader_for(train_set, cfg, shuffle=True),

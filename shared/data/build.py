@@ -85,3 +85,16 @@ def loader_for(dataset: DetectionDataset, cfg: EndoFedConfig, *, shuffle: bool) 
         num_workers=cfg.data.workers,
         seed=cfg.train.seed,
     )
+
+
+def model_for(cfg: EndoFedConfig):
+    """The improved SSD the run's config describes (preset, classes, size, weights, mode)."""
+    from shared.model import build_model
+
+    return build_model(
+        preset=cfg.model.preset,
+        num_classes=len(cfg.data.class_names),
+        image_size=cfg.data.image_size,
+        weights_path=cfg.model.weights_path,
+        finetune=cfg.model.finetune,
+    )
