@@ -788,6 +788,7 @@ def write_plots(out: Path, df: pd.DataFrame, markers: Sequence[Mapping[str, Any]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
@@ -809,6 +810,7 @@ def write_plots(out: Path, df: pd.DataFrame, markers: Sequence[Mapping[str, Any]
             if metric in d.columns:
                 mean = d.groupby("round")[metric].mean()
                 ax.plot(mean.index, mean.values, marker="o", label=label)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("round")
         ax.set_ylabel(_HEADERS.get(metric, metric))
         ax.set_title(f"{_HEADERS.get(metric, metric)} per round (server-merged)")
@@ -817,7 +819,8 @@ def write_plots(out: Path, df: pd.DataFrame, markers: Sequence[Mapping[str, Any]
         written.append(_save(fig, plot_dir / f"rounds_{metric}.png"))
 
     pooled = df[df["eval_site"] == POOLED]
-    seed_mean = pooled.groupby(["arm", "dp", "seed"], sort=False)[list(METRICS)].mean()\
+    present = [m for m in METRICS if m in df.columns]
+    seed_mean = pooled.groupby(["arm", "dp", "seed"], sort=False)[present].mean()\
         .groupby(["arm", "dp"], sort=False).mean().reset_index()
 
     # 2. utility vs epsilon
@@ -837,6 +840,9 @@ def write_plots(out: Path, df: pd.DataFrame, markers: Sequence[Mapping[str, Any]
         if len(central):
             ax.axhline(float(central["map50"].iloc[0]), ls=":", color="k", label="central")
         ax.set_xscale("log")
+        eps_ticks = sorted({float(v) for v in dp_rows["dp"]})
+        ax.set_xticks(eps_ticks, [f"{v:g}" for v in eps_ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("target ε per site")
         ax.set_ylabel("mAP@0.5 (pooled val)")
         ax.set_title("Utility vs privacy budget")
@@ -858,6 +864,8 @@ def write_plots(out: Path, df: pd.DataFrame, markers: Sequence[Mapping[str, Any]
                     .groupby("eval_site").mean()
                 xs = np.arange(len(site_names)) + i * width
                 ax.bar(xs, [vals.get(s, np.nan) for s in site_names], width, label=arm)
+            top = np.nanmax(sub[metric].to_numpy(float), initial=0.0)
+            ax.set_ylim(0, max(0.05, 1.1 * float(top)))
             ax.set_xticks(np.arange(len(site_names)) + width * (len(arms) - 1) / 2)
             ax.set_xticklabels(site_names)
             ax.set_ylabel(_HEADERS[metric])
