@@ -73,8 +73,7 @@ def render_run_report(run_dir: Path) -> Path:
         )
         if not eps.empty:
             plot_metric_curves(
-                df[df["site"] != "global"], ["epsilon-spent"], run_dir / "epsilon.png",
-                by_site=True,
+                df[df["site"] != "global"], ["epsilon-spent"], run_dir / "epsilon.png"
             )
             sections["Privacy: epsilon spent per site"] = (
                 _markdown_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"

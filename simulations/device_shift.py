@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.data.synthetic import DeviceProfile, _apply_device, device_profile_for_site
+from shared.data.synthetic import DeviceProfile, apply_device, device_profile_for_site
 
 
 def apply_device_profile(
@@ -27,7 +27,7 @@ def apply_device_profile(
         raise ValueError(
             f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
         )
-    out = _apply_device(rng, image.astype(np.float32) / 255.0, profile)
+    out = apply_device(rng, image.astype(np.float32) / 255.0, profile)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 

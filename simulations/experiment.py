@@ -192,14 +192,6 @@ class ExperimentSpec:
             raise ExperimentError("no seed given (e.g. --seeds 0,1,2)")
         if any(a.kind == FEDERATED for a in self.arms) and self.sites < 2:
             raise ExperimentError("federated arms need --sites >= 2")
-        if any(a.preprocess for a in self.arms):
-            try:
-                from shared.preprocessing import site_sample_loader  # noqa: F401
-            except ImportError as exc:
-                raise ExperimentError(
-                    f"arms with '{PREP_SUFFIX}' need the site preprocessing loader "
-                    f"(shared.preprocessing.site_sample_loader): {exc}"
-                ) from None
         for p in [*(self.data or []), *([self.holdout_site] if self.holdout_site else [])]:
             if not Path(p).is_dir():
                 raise ExperimentError(f"data folder {p} does not exist")

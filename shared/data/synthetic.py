@@ -614,7 +614,9 @@ def _highlights(rng: np.random.Generator, img: np.ndarray, geo: _Geometry) -> No
     img[:] = cv2.add(cv2.multiply(img, 1 - hl), hl)
 
 
-def _apply_device(rng: np.random.Generator, img: np.ndarray, p: DeviceProfile) -> np.ndarray:
+def apply_device(rng: np.random.Generator, img: np.ndarray, p: DeviceProfile) -> np.ndarray:
+    """Apply an endoscope vendor profile (gain, brightness, gamma, blur/sharpen, noise) to a
+    float RGB image in [0, 1]."""
     s = min(img.shape[:2])
     affine = np.concatenate([np.diag(p.gain), np.full((3, 1), p.brightness)], 1)
     out = np.clip(cv2.transform(img, affine.astype(np.float32)), 0, 1)
@@ -752,7 +754,7 @@ def render_frame(
 
     img = cv2.multiply(img, _rgb(vignette))
 
-    img = _apply_device(rng, img, profile)
+    img = apply_device(rng, img, profile)
     if overlays:
         # Black background (with a little noise) outside the field of view and in the panel.
         dark = _rgb(rng.random((h, w), dtype=np.float32) * np.float32(0.012))
