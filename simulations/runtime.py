@@ -30,6 +30,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -198,6 +199,11 @@ class _FlowerProcesses:
     def _build_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         env.update(extra or {})
+        # flower-superlink starts flower-superexec (and Ray its workers) by name: make
+        # this venv's scripts win even when the venv is not activated (`make test`).
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(
+            os.pathsep) if p and p != bin_dir]])
         env.update(
             {
                 "FLWR_HOME": str(self.flwr_home),
