@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "certs": "endofed.commands.certs",
     "audit": "endofed.commands.audit",
     "demo": "endofed.commands.demo",
+    "overlay": "endofed.commands.overlay",
 }
 
 
