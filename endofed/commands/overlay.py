@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default auto)")
     t.set_defaults(func=run_train)
-    e = sub.add_parser("eval", help="per-type recall at IoU >= 0.5 on fresh composites (JSON)")
+    e = sub.add_parser(
+        "eval", help="per-type recall and precision at IoU >= 0.5 on fresh composites (JSON)"
+    )
     e.add_argument("file", type=Path, metavar="FILE", help="checkpoint of `overlay train`")
     e.add_argument("--images", type=_positive, default=100, help="composites (default 100)")
     e.add_argument("--backgrounds", type=Path, default=None, metavar="DIR",
