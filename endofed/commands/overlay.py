@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default auto)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     t.set_defaults(func=run_train)
     e = sub.add_parser(
         "eval", help="per-type recall and precision at IoU >= 0.5 on fresh composites (JSON)"
@@ -65,6 +66,10 @@ def run_train(args: argparse.Namespace) -> int:
     from shared.engine import resolve_device
     from shared.preprocessing.learned_overlay import train_overlay_detector
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
         path = train_overlay_detector(
