@@ -87,6 +87,7 @@ class SecureTrainingPhase:
             num_shares=cfg.privacy.secagg_num_shares,
             reconstruction_threshold=cfg.privacy.secagg_reconstruction_threshold,
             clipping_range=cfg.privacy.secagg_clipping_range,
+            max_weight=cfg.privacy.secagg_max_weight,
             timeout=fed.round_timeout,
         )
         self._thread, self._stop, done = lg["start_thread"](grid, self.context.client_manager)

@@ -215,6 +215,9 @@ class PrivacyConfig:
     secagg_num_shares: float = 1.0
     secagg_reconstruction_threshold: float = 0.67
     secagg_clipping_range: float = 8.0
+    # Example counts are scaled by this before quantisation: set it near the largest
+    # site's training-set size (larger = coarser aggregate, smaller = big sites capped).
+    secagg_max_weight: float = 1000.0
     # Central (site-level) DP with Flower's strategy wrappers:
     # none | server-fixed | server-adaptive | client-fixed | client-adaptive
     central_dp: str = "none"
