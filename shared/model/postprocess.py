@@ -18,10 +18,10 @@ class PostprocessOutput(NamedTuple):
     * ``detections``: one dict per image with ``boxes (N, 4)`` XYXY input pixels,
       ``labels (N,)`` in ``1..K`` and ``scores (N,)``.
     * ``mask_prob``: ``(B, 1, S, S)`` lesion probability at input resolution.
-    * ``image_probs``: ``(B, K + 1)``; column ``k >= 1`` is the highest anchor score
-      of class ``k`` (the probability that some lesion of class ``k`` is present),
-      column 0 ("normal") is ``1 - max_k p_k``. Rows are one-vs-rest scores and need not
-      sum to 1; the predicted image class is the row's argmax.
+    * ``image_probs``: ``(B, K + 1)``; column ``k >= 1`` is the probability that some
+      lesion of class ``k`` is present (anchor scores combined with the mask branch, see
+      :func:`image_probabilities`), column 0 ("normal") is ``1 - max_k p_k``. Rows are
+      one-vs-rest scores and need not sum to 1; the predicted class is the row's argmax.
     """
 
     detections: list[dict[str, torch.Tensor]]
@@ -29,9 +29,23 @@ class PostprocessOutput(NamedTuple):
     image_probs: torch.Tensor
 
 
-def image_probabilities(cls_logits: torch.Tensor) -> torch.Tensor:
-    """``(B, A, K)`` logits -> ``(B, K + 1)`` image-level scores (see above)."""
+def image_probabilities(
+    cls_logits: torch.Tensor, mask_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, A, K)`` logits (and ``(B, 1, h, w)`` mask logits) -> ``(B, K + 1)`` scores.
+
+    Detection evidence for class ``k`` is its highest anchor score ``s_k``. Focal-loss
+    scores are deliberately low (easy negatives are down-weighted), so on their own they
+    rarely cross 0.5; the segmentation branch is trained with (weighted) BCE and its peak
+    pixel probability ``m`` is a better-calibrated "a lesion is present" signal. With
+    mask logits, the top class gets ``max(s_top, m)`` and the others are scaled by the same
+    factor: ``p_k = s_k * max(1, m / s_top)``. Normal is ``1 - max_k p_k``.
+    """
     lesion = torch.sigmoid(cls_logits).amax(dim=1)  # (B, K)
+    if mask_logits is not None:
+        m = torch.sigmoid(mask_logits).flatten(1).amax(dim=1, keepdim=True)  # (B, 1)
+        top = lesion.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        lesion = (lesion * torch.clamp(m / top, min=1.0)).clamp(max=1.0)
     normal = 1.0 - lesion.amax(dim=1, keepdim=True)
     return torch.cat([normal, lesion], dim=1)
 
@@ -71,4 +85,6 @@ def postprocess(
     mask_prob = torch.sigmoid(
         F.interpolate(outputs["mask_logits"], size=size, mode="bilinear", align_corners=False)
     )
-    return PostprocessOutput(detections, mask_prob, image_probabilities(cls_logits))
+    return PostprocessOutput(
+        detections, mask_prob, image_probabilities(cls_logits, outputs["mask_logits"])
+    )

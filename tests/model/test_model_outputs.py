@@ -48,9 +48,30 @@ def test_postprocess_decodes_nms_and_image_probs() -> None:
     probs = pp.image_probs
     assert probs.shape == (2, 4)
     assert probs[0].argmax() == 2 and probs[1].argmax() == 0
-    torch.testing.assert_close(probs[0, 2], torch.sigmoid(torch.tensor(4.0)))
-    torch.testing.assert_close(probs[0, 0], 1 - torch.sigmoid(torch.tensor(4.0)))
-    torch.testing.assert_close(probs, image_probabilities(out["cls_logits"]))
+    # the mask peak (logit 5) is stronger evidence than the best anchor (logit 4)
+    torch.testing.assert_close(probs[0, 2], torch.sigmoid(torch.tensor(5.0)))
+    torch.testing.assert_close(probs[0, 0], 1 - torch.sigmoid(torch.tensor(5.0)))
+    torch.testing.assert_close(probs, image_probabilities(out["cls_logits"], out["mask_logits"]))
+
+
+def test_image_probabilities_combine_anchor_and_mask_evidence() -> None:
+    cls = torch.full((2, 10, 2), -6.0)
+    cls[0, 3, 0] = -1.0  # weak class-1 anchor (p = 0.27) ...
+    cls[0, 4, 1] = -2.0  # ... and a weaker class-2 one (p = 0.12)
+    mask = torch.full((2, 1, 4, 4), -6.0)
+    mask[0, 0, 1, 1] = 2.0  # ... but the segmentation branch is confident (p = 0.88)
+    without = image_probabilities(cls)
+    torch.testing.assert_close(without[0, 1], torch.sigmoid(torch.tensor(-1.0)))
+    assert without[0].argmax() == 0  # anchors alone would call it normal
+    both = image_probabilities(cls, mask)
+    m, s1, s2 = (torch.sigmoid(torch.tensor(v)) for v in (2.0, -1.0, -2.0))
+    torch.testing.assert_close(both[0, 1], m)
+    torch.testing.assert_close(both[0, 2], s2 * m / s1)  # class ranking is kept
+    torch.testing.assert_close(both[0, 0], 1 - m)
+    assert both[0].argmax() == 1
+    # a normal image stays normal, and weak mask evidence never lowers anchor evidence
+    assert both[1].argmax() == 0
+    torch.testing.assert_close(both[1], without[1])
 
 
 def test_postprocess_thresholds_and_limits() -> None:
