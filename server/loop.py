@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -250,6 +250,7 @@ class FederatedRun:
                 server_round, len(valid), self.cfg.federation.min_train_nodes,
             )
             return arrays, rows
+        _restrict_to_common_metrics(valid)
         new_arrays, agg_metrics = self.strategy.aggregate_train(server_round, valid)
         if new_arrays is None:
             log.warning("round %d: strategy returned no aggregate", server_round)
@@ -335,6 +336,23 @@ class FederatedRun:
             (self.run_dir / "events.md").write_text("\n".join(rows) + "\n")
         render_run_report(self.run_dir)
         log.info("run report: %s", self.run_dir / "report.md")
+
+
+def _restrict_to_common_metrics(replies: list[Message]) -> None:
+    """Keep only the metric keys every reply has (per-site rows were recorded already).
+
+    Flower's strategies refuse replies whose MetricRecords differ, e.g. when one
+    hospital trains under DP (it adds ``epsilon-spent`` ...) and another does not.
+    """
+    if not replies:
+        return
+    common = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies))
+    for msg in replies:
+        record = msg.content[METRICS_KEY]
+        if set(record.keys()) != common:
+            msg.content[METRICS_KEY] = MetricRecord(
+                {k: v for k, v in record.items() if k in common}
+            )
 
 
 def _fmt(x: float | None) -> str:
