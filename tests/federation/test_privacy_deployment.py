@@ -18,7 +18,10 @@ from simulations.runtime import LocalDeployment
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xfail(reason="found this session: in deployment a second study re-spends hosp-3 budget (ledger per run?); under investigation", strict=False),
+    pytest.mark.xfail(
+        reason="open: in deployment a second study re-spends hosp-3's budget",
+        strict=False,
+    ),
 ]
 
 
