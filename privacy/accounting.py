@@ -32,7 +32,10 @@ ACCOUNTANTS: dict[str, Callable[[], IAccountant]] = {
 }
 
 MIN_NOISE_MULTIPLIER = 0.3
-MAX_NOISE_MULTIPLIER = 1e3
+#: Default cap on the noise multiplier (config key ``dp-max-noise-multiplier``). A round
+#: that would need more noise than this to fit the remaining budget is declined: it
+#: would cost almost no epsilon, but its update would be noise, not learning.
+MAX_NOISE_MULTIPLIER = 10.0
 
 
 class PrivacyBudgetError(RuntimeError):
@@ -108,6 +111,7 @@ def calibrate_noise_multiplier(
     delta: float,
     accountant: str = "prv",
     rtol: float = 0.01,
+    max_noise_multiplier: float = MAX_NOISE_MULTIPLIER,
 ) -> float:
     """Smallest noise multiplier with ``epsilon(history + planned steps) <= target``.
 
@@ -118,7 +122,8 @@ def calibrate_noise_multiplier(
 
     Raises:
         PrivacyBudgetError: the history alone already reaches the target, or even
-            :data:`MAX_NOISE_MULTIPLIER` does not fit the planned steps.
+            ``max_noise_multiplier`` does not fit the planned steps (the remaining
+            budget is too small for a useful round).
     """
     past = compress_history(history)
     if steps <= 0:
@@ -139,7 +144,12 @@ def calibrate_noise_multiplier(
         )
         return math.log(max(eps, 1e-12)) - log_target
 
-    x_min, x_max = math.log(MIN_NOISE_MULTIPLIER), math.log(MAX_NOISE_MULTIPLIER)
+    if max_noise_multiplier < MIN_NOISE_MULTIPLIER:
+        raise ValueError(
+            f"config key 'dp-max-noise-multiplier': must be >= {MIN_NOISE_MULTIPLIER}, "
+            f"got {max_noise_multiplier}"
+        )
+    x_min, x_max = math.log(MIN_NOISE_MULTIPLIER), math.log(max_noise_multiplier)
     # Bracket the root, starting at sigma = 1 and moving by factors of 2.
     x = 0.0
     fx = f(x)
@@ -155,7 +165,9 @@ def calibrate_noise_multiplier(
                 raise PrivacyBudgetError(
                     f"planned {steps} steps at sample rate {sample_rate:.4g} do not fit the "
                     f"remaining budget (spent {spent:.4g} of {target_epsilon:.4g}) even with "
-                    f"noise multiplier {MAX_NOISE_MULTIPLIER:g}",
+                    f"noise multiplier {max_noise_multiplier:g} (dp-max-noise-multiplier); "
+                    "the budget is used up for useful training - raise dp-epsilon only if "
+                    "the data governance allows it",
                     spent=spent,
                     target=target_epsilon,
                 )

@@ -267,7 +267,7 @@ def _plan_noise(site: DPSite, cfg: EndoFedConfig, planned_steps: int, rtol: floa
             [*history, (sigma, site.sample_rate, planned_steps)],
             delta=pc.delta, accountant=pc.accountant,
         )
-        if pc.epsilon * (1.0 - rtol) <= eps <= pc.epsilon:
+        if pc.epsilon * (1.0 - rtol) <= eps <= pc.epsilon and sigma <= pc.max_noise_multiplier:
             return sigma
     return calibrate_noise_multiplier(
         history=history,
@@ -277,6 +277,7 @@ def _plan_noise(site: DPSite, cfg: EndoFedConfig, planned_steps: int, rtol: floa
         delta=pc.delta,
         accountant=pc.accountant,
         rtol=rtol,
+        max_noise_multiplier=pc.max_noise_multiplier,
     )
 
 

@@ -205,6 +205,11 @@ class PrivacyConfig:
     delta: float = field(default=1e-5, metadata={"key": "dp-delta"})
     max_grad_norm: float = field(default=1.0, metadata={"key": "dp-max-grad-norm"})
     accountant: str = field(default="prv", metadata={"key": "dp-accountant"})
+    # A round whose calibrated noise would exceed this is declined (the budget left
+    # is too small for a useful update).
+    max_noise_multiplier: float = field(
+        default=10.0, metadata={"key": "dp-max-noise-multiplier"}
+    )
     # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = no cap.
     max_physical_batch_size: int = field(
         default=0, metadata={"key": "dp-max-physical-batch-size"}
@@ -238,6 +243,11 @@ class PrivacyConfig:
         if self.max_grad_norm <= 0:
             raise ConfigError(
                 f"config key 'dp-max-grad-norm': must be > 0, got {self.max_grad_norm}"
+            )
+        if self.max_noise_multiplier < 0.3:
+            raise ConfigError(
+                "config key 'dp-max-noise-multiplier': must be >= 0.3, "
+                f"got {self.max_noise_multiplier}"
             )
         if self.max_physical_batch_size < 0:
             raise ConfigError(

@@ -83,6 +83,36 @@ def test_rounds_restart_and_budget(make_runtime) -> None:
     assert json.loads(before_file)["history"] == payload["history"]
 
 
+def test_new_study_after_a_spent_budget_declines(make_runtime) -> None:
+    """A study that used the whole budget leaves nothing useful for the next study.
+
+    The second study (new run name, new SuperNode process) must decline, not train
+    with an enormous noise multiplier that squeezes into the epsilon left over.
+    """
+    rt = make_runtime(**{"num-server-rounds": 1, "run-name": "study-1"})
+    weights, metrics = local_train(rt, _weights(rt), {"server-round": 1, "run-name": "study-1"})
+    assert 0.99 * 8.0 <= metrics["epsilon-spent"] <= 8.0
+    assert metrics["dp-noise-multiplier"] <= 10.0
+
+    rt2 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-2"})
+    arrays = {k: v + 0.25 for k, v in weights.items()}
+    with pytest.raises(BudgetExhausted, match="dp-max-noise-multiplier") as info:
+        local_train(rt2, arrays, {"server-round": 1, "run-name": "study-2"})
+    assert info.value.metrics["epsilon-spent"] == pytest.approx(metrics["epsilon-spent"])
+    for k, v in arrays.items():  # declined before any step
+        np.testing.assert_array_equal(_weights(rt2)[k], v)
+    ledger = json.loads(get_dp_site(rt2).ledger.path.read_text())
+    assert [r["run"] for r in ledger["rounds"]] == ["study-1"]
+
+    # A site that allows more noise per round may still squeeze in a (noisy) round,
+    # and never past its target.
+    rt3 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-3",
+                          "dp-max-noise-multiplier": 1000.0})
+    _, m3 = local_train(rt3, arrays, {"server-round": 1, "run-name": "study-3"})
+    assert m3["dp-noise-multiplier"] > 10.0
+    assert metrics["epsilon-spent"] < m3["epsilon-spent"] <= 8.0
+
+
 def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:
     rt = make_runtime()
     site = get_dp_site(rt)
