@@ -17,7 +17,9 @@ run (``num-server-rounds`` minus the rounds already done) x local epochs x ``k``
 composed after everything already in the persistent ledger
 (:mod:`privacy.ledger`), so the (epsilon, delta) target holds at the end of the
 study. Before each round the ledger is charged with the round's steps and the round
-is refused (:class:`client.training.BudgetExhausted`) if that would exceed the target.
+is refused (:class:`client.training.BudgetExhausted`) if that would exceed the target,
+if fitting it would need more noise than ``dp-max-noise-multiplier``, or if it would
+start a new study with less than ``dp-min-study-budget`` of the target left.
 
 Notes:
     * AMP is disabled under DP (a loss scale would distort per-sample clipping).
@@ -281,6 +283,29 @@ def _plan_noise(site: DPSite, cfg: EndoFedConfig, planned_steps: int, rtol: floa
     )
 
 
+def _check_new_study(site: DPSite, cfg: EndoFedConfig, run: str) -> None:
+    """Refuse to *start* a study on the crumbs of a budget an earlier study planned to spend.
+
+    The noise of a study is calibrated so that its last round lands within 1 % of the
+    target; what is left is calibration slack, which only an enormous noise multiplier
+    could fit a round into. Rounds of a study already under way are not affected.
+    """
+    pc = cfg.privacy
+    if site.ledger.has_run(run):
+        return
+    spent = site.ledger.epsilon_spent()
+    left = pc.epsilon - spent
+    if spent > 0 and left < pc.min_study_budget * pc.epsilon:
+        raise PrivacyBudgetError(
+            f"site {site.ledger.site}: privacy budget used up by earlier studies (spent "
+            f"epsilon {spent:.4g} of {pc.epsilon:.4g}; a new study needs at least "
+            f"{pc.min_study_budget:.0%} of dp-epsilon left, dp-min-study-budget); "
+            f"not joining run {run!r} (ledger {site.ledger.path})",
+            spent=spent,
+            target=pc.epsilon,
+        )
+
+
 def dp_trainer(
     rt: SiteRuntime, round_config: Mapping[str, Any]
 ) -> tuple[Trainer, DataLoader, Callable[[], dict[str, float]]]:
@@ -301,6 +326,7 @@ def dp_trainer(
         )
 
     try:
+        _check_new_study(site, cfg, run)
         sigma = _plan_noise(site, cfg, planned, rtol=0.01)
         entry, before = site.ledger.reserve(
             run=run, round=server_round, noise_multiplier=sigma,

@@ -201,6 +201,10 @@ class PrivacyLedger:
         with self._locked():
             self._state = self._read()
 
+    def has_run(self, run: str) -> bool:
+        """True if any round of run ``run`` was ever reserved (done, running or not)."""
+        return any(r.run == run for r in self._state.rounds)
+
     def rounds_done(self, run: str) -> int:
         """Number of completed rounds of run ``run``."""
         return sum(1 for r in self._state.rounds if r.run == run and r.status == "done")

@@ -210,6 +210,9 @@ class PrivacyConfig:
     max_noise_multiplier: float = field(
         default=10.0, metadata={"key": "dp-max-noise-multiplier"}
     )
+    # A *new* study (run name not yet in the site's ledger) starts only if at least this
+    # share of dp-epsilon is left; a finished study's calibration slack is not a budget.
+    min_study_budget: float = field(default=0.05, metadata={"key": "dp-min-study-budget"})
     # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = no cap.
     max_physical_batch_size: int = field(
         default=0, metadata={"key": "dp-max-physical-batch-size"}
@@ -248,6 +251,11 @@ class PrivacyConfig:
             raise ConfigError(
                 "config key 'dp-max-noise-multiplier': must be >= 0.3, "
                 f"got {self.max_noise_multiplier}"
+            )
+        if not 0 <= self.min_study_budget < 1:
+            raise ConfigError(
+                "config key 'dp-min-study-budget': must be in [0, 1) (a share of "
+                f"dp-epsilon), got {self.min_study_budget}"
             )
         if self.max_physical_batch_size < 0:
             raise ConfigError(

@@ -96,7 +96,7 @@ def test_new_study_after_a_spent_budget_declines(make_runtime) -> None:
 
     rt2 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-2"})
     arrays = {k: v + 0.25 for k, v in weights.items()}
-    with pytest.raises(BudgetExhausted, match="dp-max-noise-multiplier") as info:
+    with pytest.raises(BudgetExhausted, match="dp-min-study-budget") as info:
         local_train(rt2, arrays, {"server-round": 1, "run-name": "study-2"})
     assert info.value.metrics["epsilon-spent"] == pytest.approx(metrics["epsilon-spent"])
     for k, v in arrays.items():  # declined before any step
@@ -104,13 +104,28 @@ def test_new_study_after_a_spent_budget_declines(make_runtime) -> None:
     ledger = json.loads(get_dp_site(rt2).ledger.path.read_text())
     assert [r["run"] for r in ledger["rounds"]] == ["study-1"]
 
-    # A site that allows more noise per round may still squeeze in a (noisy) round,
-    # and never past its target.
+    # Without the new-study floor the noise cap still refuses a round made of noise.
     rt3 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-3",
-                          "dp-max-noise-multiplier": 1000.0})
-    _, m3 = local_train(rt3, arrays, {"server-round": 1, "run-name": "study-3"})
-    assert m3["dp-noise-multiplier"] > 10.0
-    assert metrics["epsilon-spent"] < m3["epsilon-spent"] <= 8.0
+                          "dp-min-study-budget": 0.0, "dp-max-noise-multiplier": 2.0})
+    with pytest.raises(BudgetExhausted, match="dp-max-noise-multiplier"):
+        local_train(rt3, arrays, {"server-round": 1, "run-name": "study-3"})
+
+    # A site that allows both may squeeze in a (very noisy) round, never past its target.
+    rt4 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-4",
+                          "dp-min-study-budget": 0.0, "dp-max-noise-multiplier": 1000.0})
+    _, m4 = local_train(rt4, arrays, {"server-round": 1, "run-name": "study-4"})
+    assert m4["dp-noise-multiplier"] > 2.0
+    assert metrics["epsilon-spent"] < m4["epsilon-spent"] <= 8.0
+
+
+def test_a_study_under_way_keeps_training_near_its_target(make_runtime) -> None:
+    """The new-study floor never blocks the later rounds of a study already running."""
+    rt = make_runtime(**{"num-server-rounds": 3, "run-name": "long",
+                         "dp-min-study-budget": 0.9})
+    weights = _weights(rt)
+    for r in (1, 2, 3):
+        weights, metrics = local_train(rt, weights, {"server-round": r, "run-name": "long"})
+    assert 0.99 * 8.0 <= metrics["epsilon-spent"] <= 8.0
 
 
 def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:

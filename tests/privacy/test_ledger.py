@@ -61,6 +61,20 @@ def test_calibration_refuses_spent_budget() -> None:
     assert info.value.spent > 1.0 and info.value.target == 1.0
 
 
+def test_calibration_refuses_more_noise_than_the_cap() -> None:
+    history = [(0.8, 0.5, 4)]
+    spent = compute_epsilon(history, delta=DELTA, accountant="rdp")
+    needed = calibrate_noise_multiplier(history=history, sample_rate=0.5, steps=4,
+                                        target_epsilon=spent + 0.05, delta=DELTA,
+                                        accountant="rdp", max_noise_multiplier=1000.0)
+    assert needed > 3.0
+    with pytest.raises(PrivacyBudgetError, match="dp-max-noise-multiplier") as info:
+        calibrate_noise_multiplier(history=history, sample_rate=0.5, steps=4,
+                                   target_epsilon=spent + 0.05, delta=DELTA,
+                                   accountant="rdp", max_noise_multiplier=needed / 2)
+    assert info.value.spent == pytest.approx(spent)
+
+
 def test_compress_history_merges_and_validates() -> None:
     merged = compress_history([(1.0, 0.5, 2), (1.0, 0.5, 3), (2.0, 0.5, 0), (1.5, 0.5, 1)])
     assert merged == [(1.0, 0.5, 5), (1.5, 0.5, 1)]
