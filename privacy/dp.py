@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import math
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,9 +149,17 @@ class DPSite:
         return sum(int(s) for _, _, s in self.accountant.history)
 
 
-def _noise_generator_seed(cfg: EndoFedConfig, site: str) -> int:
-    blob = f"{cfg.train.seed}:{site}".encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from the operating system's entropy pool.
+
+    DP noise and Poisson sampling must never be derived from the run config: the
+    coordinating center sets ``seed``, and noise it can regenerate is noise it can
+    subtract from the update. (Opacus' ``secure_mode``, ``dp-secure-rng``, goes further
+    and draws every sample from a CSPRNG.)
+    """
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(secrets.randbits(63))
+    return gen
 
 
 def build_dp_site(rt: SiteRuntime) -> DPSite:
@@ -165,7 +173,7 @@ def build_dp_site(rt: SiteRuntime) -> DPSite:
         delta=pc.delta,
         accountant=pc.accountant,
     )
-    generator = torch.Generator().manual_seed(_noise_generator_seed(cfg, rt.name))
+    generator = secret_generator()
     logical = make_poisson_loader(
         rt.train_set,
         batch_size=cfg.data.batch_size,
@@ -175,7 +183,8 @@ def build_dp_site(rt: SiteRuntime) -> DPSite:
         generator=generator,
     )
     optimizer = build_optimizer(rt.model.parameters(), _train_config(cfg))
-    engine = PrivacyEngine(accountant=pc.accountant)
+    # dp-secure-rng needs torchcsprng; PrivacyConfig.validate checked it is installed.
+    engine = PrivacyEngine(accountant=pc.accountant, secure_mode=pc.secure_rng)
     # poisson_sampling=False: our loader already samples Poisson, and Opacus would
     # otherwise replace our collate with its own empty-batch wrapper.
     module, dp_optimizer, loader = engine.make_private(
@@ -187,6 +196,7 @@ def build_dp_site(rt: SiteRuntime) -> DPSite:
         loss_reduction="mean",
         poisson_sampling=False,
         grad_sample_mode="hooks",
+        noise_generator=None if pc.secure_rng else secret_generator(rt.device),
     )
     module.forbid_grad_accumulation()
     n = len(rt.train_set)

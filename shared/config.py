@@ -10,6 +10,7 @@ raises :class:`ConfigError` naming the key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from collections.abc import Mapping
@@ -213,6 +214,9 @@ class PrivacyConfig:
     # A *new* study (run name not yet in the site's ledger) starts only if at least this
     # share of dp-epsilon is left; a finished study's calibration slack is not a budget.
     min_study_budget: float = field(default=0.05, metadata={"key": "dp-min-study-budget"})
+    # Opacus secure_mode (CSPRNG noise, needs torchcsprng); off: noise and sampling use
+    # generators seeded from OS entropy, never from the run config's seed.
+    secure_rng: bool = field(default=False, metadata={"key": "dp-secure-rng"})
     # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = no cap.
     max_physical_batch_size: int = field(
         default=0, metadata={"key": "dp-max-physical-batch-size"}
@@ -251,6 +255,13 @@ class PrivacyConfig:
             raise ConfigError(
                 "config key 'dp-max-noise-multiplier': must be >= 0.3, "
                 f"got {self.max_noise_multiplier}"
+            )
+        if self.secure_rng and importlib.util.find_spec("torchcsprng") is None:
+            raise ConfigError(
+                "config key 'dp-secure-rng': Opacus' secure mode needs the torchcsprng "
+                "package, which is not installed (it has no build for this torch); set "
+                "dp-secure-rng=false: noise and sampling then use generators seeded from "
+                "OS entropy"
             )
         if not 0 <= self.min_study_budget < 1:
             raise ConfigError(

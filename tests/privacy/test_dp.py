@@ -128,6 +128,38 @@ def test_a_study_under_way_keeps_training_near_its_target(make_runtime) -> None:
     assert 0.99 * 8.0 <= metrics["epsilon-spent"] <= 8.0
 
 
+def test_noise_cannot_be_regenerated_from_the_run_config(make_runtime, tmp_path) -> None:
+    """Same run config (seed included), same data, same global weights: different noise.
+
+    The coordinating center chooses ``seed``; if the DP noise followed from it, the
+    center could regenerate and subtract it.
+    """
+    updates = []
+    for _ in range(2):
+        rt = make_runtime(**{"run-name": "same"})
+        start = _weights(rt)
+        if updates:
+            for k, v in updates[0][0].items():  # identical starting point
+                np.testing.assert_array_equal(start[k], v)
+        after, metrics = local_train(rt, start, {"server-round": 1, "run-name": "same"})
+        updates.append((start, after, metrics["dp-noise-multiplier"]))
+        get_dp_site(rt).ledger.path.unlink()  # the second is a twin site, not a rerun
+    assert updates[0][2] == updates[1][2]  # same noise multiplier, same plan
+    diffs = [np.abs(updates[0][1][k] - updates[1][1][k]).max() for k in updates[0][1]]
+    assert max(diffs) > 0, "two sites with the same seed drew identical DP noise"
+
+
+def test_secure_rng_without_torchcsprng_fails_fast(dp_run_config) -> None:
+    import importlib.util
+
+    from shared.config import ConfigError, EndoFedConfig
+
+    if importlib.util.find_spec("torchcsprng") is not None:
+        pytest.skip("torchcsprng is installed here")
+    with pytest.raises(ConfigError, match="dp-secure-rng"):
+        EndoFedConfig.from_flower({**dp_run_config, "dp-secure-rng": True}, {})
+
+
 def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:
     rt = make_runtime()
     site = get_dp_site(rt)
