@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -338,9 +341,17 @@ class EndoFedConfig:
     def from_flower(
         cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
     ) -> EndoFedConfig:
-        """Run config first, node config (site-specific) overrides it."""
+        """Run config first, node config (site-specific) overrides it.
+
+        At a deployed site (node config without ``partition-id``) the hospital's own
+        settings are protected from the coordinator's run config (see
+        :func:`site_owned_run_config`).
+        """
+        node = dict(node_config or {})
         merged = dict(run_config)
-        merged.update(node_config or {})
+        if node and "partition-id" not in node:
+            merged = site_owned_run_config(merged, node)
+        merged.update(node)
         return cls.from_mapping(merged)
 
     def to_mapping(self) -> dict[str, Any]:
@@ -351,6 +362,39 @@ class EndoFedConfig:
 
     def replace(self, **sections: Any) -> EndoFedConfig:
         return dataclasses.replace(self, **sections)
+
+
+#: Keys only the hospital sets (node config) in a deployment: a coordinator must not be
+#: able to move a site's privacy ledger (a fresh ledger would be a fresh budget).
+SITE_OWNED_KEYS: tuple[str, ...] = ("state-dir",)
+
+
+def site_owned_run_config(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The run config as a deployed site accepts it, given the site's node config.
+
+    * ``state-dir`` from the run config is ignored (the ledger stays where the site
+      keeps it);
+    * a site that sets its own ``dp-epsilon`` owns all its ``dp-*`` settings: the run
+      config can neither switch DP off nor loosen delta, clipping or accountant; the
+      site's values, or the built-in defaults, apply.
+    """
+    out = dict(run_config)
+    for key in SITE_OWNED_KEYS:
+        if out.get(key) not in (None, "") and key not in node_config:
+            log.warning("run config sets the site-owned key '%s'; ignored (set it in the "
+                        "SuperNode's --node-config)", key)
+        out.pop(key, None)
+    if float(node_config.get("dp-epsilon", 0) or 0) > 0:
+        defaults = section_to_mapping(PrivacyConfig())
+        for key in [k for k in out if k.startswith("dp-")]:
+            if key not in node_config and out[key] != defaults.get(key, out[key]):
+                log.warning("run config sets '%s=%s'; this site owns its DP settings "
+                            "(node config dp-epsilon), so %r applies", key, out[key],
+                            defaults.get(key))
+            out.pop(key)
+    return out
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ def test_exhausted_site_declines_in_a_new_study(tmp_path, hospital_dirs, deploy_
         {"data-path": str(hospital_dirs[0]), "site-name": "hosp-1"},
         {"data-path": str(hospital_dirs[1]), "site-name": "hosp-2"},
         {"data-path": str(hospital_dirs[2]), "site-name": "hosp-3",
-         "dp-epsilon": 8.0, "state-dir": str(state)},
+         "dp-epsilon": 8.0, "dp-delta": 1e-4, "state-dir": str(state)},
     ]
     runs = tmp_path / "runs"
     base = {**deploy_run_config, "num-server-rounds": 1, "runs-dir": str(runs.resolve()),
             "min-train-nodes": 2, "min-evaluate-nodes": 2, "min-available-nodes": 3,
-            "round-timeout": 900.0, "dp-delta": 1e-4}
+            "round-timeout": 900.0}
     with LocalDeployment(project_root(), sites=nodes, log_dir=tmp_path / "logs") as dep:
         dep.run({**base, "run-name": "study-1"}, timeout=1500).check()
         dep.run({**base, "run-name": "study-2"}, timeout=1500).check()
