@@ -1,4 +1,4 @@
-"""``endofed site check DIR``: what a hospital's data folder holds, and what is wrong."""
+"""``endofed site check|join|ledger``: a hospital's data folder, joining, privacy budget."""
 
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="folder layout (default: detect)")
     check.set_defaults(func=run_check)
     from endofed.commands.site_join import register_join
+    from endofed.commands.site_ledger import register_ledger
 
     register_join(actions)
+    register_ledger(actions)
     site.set_defaults(func=lambda args: (site.print_help(), 2)[1])
 
 

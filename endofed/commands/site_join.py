@@ -45,6 +45,16 @@ def register_join(actions: argparse._SubParsersAction) -> None:
                       help="name under which the site's metrics are reported")
     join.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                       help="where the site keeps persistent state (privacy ledger)")
+    dp = join.add_argument_group(
+        "differential privacy (this site's own budget; the coordinator cannot loosen it)")
+    dp.add_argument("--dp-epsilon", type=float, default=None, metavar="EPS",
+                    help="this site's lifetime epsilon; enables DP-SGD at the site")
+    dp.add_argument("--dp-delta", type=float, default=None, metavar="DELTA",
+                    help="this site's delta (default 1e-5)")
+    dp.add_argument("--dp-max-grad-norm", type=float, default=None, metavar="C",
+                    help="per-sample clipping norm (default 1.0)")
+    dp.add_argument("--dp-accountant", choices=("prv", "rdp"), default=None,
+                    help="privacy accountant (default prv)")
     join.add_argument("--insecure", action="store_true",
                       help="connect without TLS (testing on a trusted network only)")
     join.add_argument("--dry-run", action="store_true",
@@ -82,16 +92,48 @@ def preflight(data_path: Path, site_name: str) -> int:
     return len(index.records)
 
 
+def check_privacy(node_config: dict[str, str | float]) -> str | None:
+    """Validate the site's own settings; describe its privacy budget (None if no DP).
+
+    Raises:
+        PreflightError: a setting is invalid (the message names the key).
+    """
+    from privacy.ledger import LedgerError, ledger_path, read_ledger_summary
+    from shared.config import ConfigError, EndoFedConfig
+
+    try:
+        cfg = EndoFedConfig.from_flower({}, node_config)
+    except ConfigError as exc:
+        raise PreflightError(str(exc)) from exc
+    pc = cfg.privacy
+    if not pc.enabled:
+        return None
+    path = ledger_path(cfg, str(node_config["site-name"]))
+    try:
+        ledger = read_ledger_summary(path)
+    except FileNotFoundError:
+        return f"DP-SGD on: epsilon {pc.epsilon:g}, delta {pc.delta:g}; new ledger {path}"
+    except LedgerError as exc:
+        raise PreflightError(str(exc)) from exc
+    spent = ledger["epsilon_spent"]
+    text = (f"DP-SGD on: epsilon {pc.epsilon:g}, delta {pc.delta:g}; spent {spent:.4g} "
+            f"over {len(ledger['runs'])} studies (ledger {path})")
+    if pc.epsilon - spent < pc.min_study_budget * pc.epsilon:
+        text += "; the budget is used up: this site will decline new studies"
+    return text
+
+
 def supernode_argv(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
     from simulations.flwr_home import flwr_executable, format_run_config
 
-    node_config: dict[str, str] = {
+    node_config: dict[str, str | float] = {
         "data-path": str(args.data_path.expanduser().resolve()),
         "site-name": args.site_name,
     }
     if args.state_dir is not None:
         node_config["state-dir"] = str(args.state_dir.expanduser().resolve())
+    node_config.update(_privacy_node_config(args))
     argv = [str(flwr_executable("flower-supernode")), "--superlink", args.superlink,
             "--node-config", format_run_config(node_config)]
     if args.insecure:
@@ -102,16 +144,32 @@ def supernode_argv(args: argparse.Namespace) -> list[str]:
     return argv + extra
 
 
+def _privacy_node_config(args: argparse.Namespace) -> dict[str, str | float]:
+    out: dict[str, str | float] = {}
+    for key in ("dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_accountant"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key.replace("_", "-")] = value
+    return out
+
+
 def run_join(args: argparse.Namespace) -> int:
     """Pre-flight check, then exec ``flower-supernode`` (never returns on success)."""
     try:
         n = preflight(args.data_path, args.site_name)
+        privacy = check_privacy(
+            {"site-name": args.site_name, "data-path": str(args.data_path),
+             **({"state-dir": str(args.state_dir)} if args.state_dir else {}),
+             **_privacy_node_config(args)}
+        )
     except PreflightError as exc:
         print(f"error: {exc}; the SuperNode was not started "
               f"(run `endofed site check {args.data_path}` for details)", file=sys.stderr)
         return EXIT_BAD_DATA
     argv = supernode_argv(args)
     log.info("site %s: %d usable images in %s", args.site_name, n, args.data_path)
+    if privacy:
+        log.info("site %s: %s", args.site_name, privacy)
     if args.dry_run:
         print(shlex.join(argv))
         return 0

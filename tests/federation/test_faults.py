@@ -92,6 +92,26 @@ def test_join_dry_run_composes_the_supernode_command(tmp_path, hospital_dirs):
     assert argv[-4:] == ["--max-retries", "5", "--root-certificates", "ca.pem"]
 
 
+def test_join_passes_the_sites_own_privacy_budget(tmp_path, hospital_dirs):
+    res = _join("--superlink", "fl.center.example:9092", "--data-path", str(hospital_dirs[0]),
+                "--site-name", "oslo", "--state-dir", str(tmp_path / "state"),
+                "--dp-epsilon", "4", "--dp-delta", "1e-6", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    argv = shlex.split(res.stdout.strip().splitlines()[-1])
+    node_config = parse_config_args([argv[argv.index("--node-config") + 1]])
+    assert node_config["dp-epsilon"] == 4.0 and node_config["dp-delta"] == 1e-6
+    assert "new ledger" in res.stderr  # the budget the site joins with is shown
+
+
+def test_join_refuses_an_invalid_privacy_setting(tmp_path, hospital_dirs, superlink_listener):
+    port = superlink_listener.getsockname()[1]
+    res = _join("--superlink", f"127.0.0.1:{port}", "--data-path", str(hospital_dirs[0]),
+                "--site-name", "oslo", "--dp-epsilon", "4", "--dp-delta", "2", "--insecure")
+    assert res.returncode == 2
+    assert "dp-delta" in res.stderr and "not started" in res.stderr
+    assert _nobody_connected(superlink_listener)
+
+
 def _wait_for(path: Path, runner: threading.Thread, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() and runner.is_alive() and time.monotonic() < deadline:

@@ -226,3 +226,41 @@ def test_prv_is_the_default_and_calibrates_with_history() -> None:
     # PRV is tighter than RDP: the same noise costs less epsilon.
     assert total < compute_epsilon([*history, (sigma, 1 / 3, 6)], delta=DELTA,
                                    accountant="rdp")
+
+
+def test_ledger_summary_and_cli(tmp_path: Path) -> None:
+    import json as _json
+    import subprocess
+    import sys
+
+    from privacy.ledger import read_ledger_summary
+
+    path = tmp_path / "state" / "a" / "privacy-ledger.json"
+    ledger = _ledger(path, target=4.0)
+    for run, rounds in (("study-1", 2), ("study-2", 1)):
+        for r in range(1, rounds + 1):
+            entry, _ = ledger.reserve(run=run, round=r, noise_multiplier=2.0,
+                                      sample_rate=0.25, steps=4)
+            ledger.complete(entry, steps=3)
+    before = path.read_text()
+    summary = read_ledger_summary(path)
+    assert path.read_text() == before  # read-only
+    assert [(r["run"], r["rounds"], r["done"], r["steps"]) for r in summary["runs"]] == [
+        ("study-1", 2, 2, 6), ("study-2", 1, 1, 3)]
+    expected = compute_epsilon([(2.0, 0.25, 9)], delta=DELTA, accountant="rdp")
+    assert summary["epsilon_spent"] == pytest.approx(expected)
+    assert summary["epsilon_left"] == pytest.approx(4.0 - expected)
+    assert summary["runs"][-1]["epsilon_after"] == pytest.approx(expected)
+    res = subprocess.run(
+        [sys.executable, "-m", "endofed.cli", "site", "ledger", "--site-name", "a",
+         "--state-dir", str(tmp_path / "state"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert _json.loads(res.stdout)["epsilon_spent"] == pytest.approx(expected)
+    missing = subprocess.run(
+        [sys.executable, "-m", "endofed.cli", "site", "ledger", "--site-name", "b",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no privacy ledger" in missing.stderr
