@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -57,15 +58,25 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model_checkpoint(model_path, map_location=device)
     results = []
+    skipped: list[str] = []
     for name, path in sites:
-        index = harmonize_labels(scan_site(path), cfg.data.class_names)
-        val = cfg.data.val_fraction
-        split = split_records(index.records, fractions=(1 - val, val), seed=cfg.data.split_seed)
-        res = membership_inference_audit(model, split["train"], split["val"], cfg,
-                                         site=name, device=device)
+        try:
+            index = harmonize_labels(scan_site(path), cfg.data.class_names)
+            val = cfg.data.val_fraction
+            split = split_records(index.records, fractions=(1 - val, val),
+                                  seed=cfg.data.split_seed)
+            res = membership_inference_audit(model, split["train"], split["val"], cfg,
+                                             site=name, device=device)
+        except (ValueError, OSError) as exc:  # one unusable site must not sink the audit
+            skipped.append(name)
+            print(f"{name}: skipped: {exc}", file=sys.stderr)
+            continue
         results.append(res)
         print(f"{name}: attack AUC {res.attack_auc:.3f} "
               f"({res.members} members / {res.non_members} non-members)")
+    if not results:
+        print(f"error: no site could be audited ({', '.join(skipped)})", file=sys.stderr)
+        return 1
     write_audit_markdown(results, run_dir / "audit.md")
     (run_dir / "audit.json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
     if (run_dir / "metrics.csv").exists() and (run_dir / "checkpoints").exists():
