@@ -13,6 +13,7 @@ Schemes (by name, see :data:`PARTITIONERS` and :func:`partition`):
 * ``"dirichlet:ALPHA"``: label and quantity skew -- for each image-level class, the
   share of its groups that each site gets is drawn from ``Dirichlet(ALPHA)`` (Hsu et
   al., 2019). Small ``ALPHA`` (0.1) gives very different sites, large (100) about IID.
+  ``"dirichlet:ALPHA,MIN"`` redraws until every site holds at least MIN records.
 * ``"source"``: by origin -- one site per source (the record's ``meta.site``, else the
   folder the image came from); more sources than sites are merged, largest first.
 """
@@ -94,23 +95,57 @@ def _group_label(records: Sequence[SampleRecord], idx: list[int]) -> int:
 
 
 def partition_dirichlet(
-    records: Sequence[SampleRecord], k: int, alpha: float, seed: int = 0
+    records: Sequence[SampleRecord],
+    k: int,
+    alpha: float,
+    seed: int = 0,
+    *,
+    min_size: int = 0,
+    max_draws: int = 500,
 ) -> Partition:
     """Label/quantity skew: per class, site shares ~ ``Dirichlet(alpha)`` over groups.
 
     Groups are labelled with their most common image-level label (0 = normal). After
     the draw, each empty site takes one group from the site with most groups, so all
-    sites are non-empty.
+    sites are non-empty. With ``min_size`` > 0 the draw is repeated (same random
+    stream) until every site holds at least ``min_size`` records, as Flower Datasets'
+    ``DirichletPartitioner(min_partition_size=...)`` does.
+
+    Raises:
+        PartitionError: bad alpha, or no draw in ``max_draws`` met ``min_size``.
     """
     if not alpha > 0:
         raise PartitionError(f"dirichlet alpha must be > 0, got {alpha}")
+    if min_size < 0:
+        raise PartitionError(f"dirichlet minimum site size must be >= 0, got {min_size}")
     order, members = _groups(records)
     _check_k(records, k, len(order))
+    if min_size * k > len(records):
+        raise PartitionError(
+            f"cannot give {k} sites at least {min_size} records each from {len(records)}"
+        )
     rng = np.random.default_rng(seed)
     by_label: dict[int, list[str]] = defaultdict(list)
     for g in order:
         by_label[_group_label(records, members[g])].append(g)
 
+    for _ in range(max(1, max_draws)):
+        site_groups = _draw_dirichlet(by_label, k, alpha, rng)
+        sizes = [sum(len(members[g]) for g in gs) for gs in site_groups]
+        if min(sizes) >= min_size:
+            break
+    else:
+        raise PartitionError(
+            f"dirichlet:{alpha:g}: no draw in {max_draws} gave every one of {k} sites at "
+            f"least {min_size} records (last sizes {sizes}); raise alpha or lower the minimum"
+        )
+    site_of = {g: s for s, gs in enumerate(site_groups) for g in gs}
+    return _materialize(records, site_of, k)
+
+
+def _draw_dirichlet(
+    by_label: dict[int, list[str]], k: int, alpha: float, rng: np.random.Generator
+) -> list[list[str]]:
     site_groups: list[list[str]] = [[] for _ in range(k)]
     for label in sorted(by_label):
         groups = by_label[label]
@@ -119,13 +154,11 @@ def partition_dirichlet(
         cuts = np.round(np.cumsum(shares)[:-1] * len(perm)).astype(int)
         for s, chunk in enumerate(np.split(np.arange(len(perm)), cuts)):
             site_groups[s].extend(perm[int(i)] for i in chunk)
-
     for s in range(k):
         if not site_groups[s]:
             donor = max(range(k), key=lambda j: (len(site_groups[j]), -j))
             site_groups[s].append(site_groups[donor].pop())
-    site_of = {g: s for s, gs in enumerate(site_groups) for g in gs}
-    return _materialize(records, site_of, k)
+    return site_groups
 
 
 def source_of(record: SampleRecord) -> str:
@@ -186,13 +219,22 @@ def _no_args(name: str, fn: Callable[[Sequence[SampleRecord], int, int], Partiti
 def _dirichlet_spec(
     records: Sequence[SampleRecord], k: int, seed: int, args: list[str]
 ) -> Partition:
-    if len(args) != 1:
-        raise PartitionError("partition scheme 'dirichlet' needs one alpha: 'dirichlet:0.5'")
+    if len(args) not in (1, 2):
+        raise PartitionError(
+            "partition scheme 'dirichlet' needs an alpha and optionally a minimum site "
+            "size: 'dirichlet:0.5' or 'dirichlet:0.5,20'"
+        )
     try:
         alpha = float(args[0])
     except ValueError:
         raise PartitionError(f"dirichlet alpha must be a number, got {args[0]!r}") from None
-    return partition_dirichlet(records, k, alpha, seed)
+    try:
+        min_size = int(args[1]) if len(args) == 2 else 0
+    except ValueError:
+        raise PartitionError(
+            f"dirichlet minimum site size must be an integer, got {args[1]!r}"
+        ) from None
+    return partition_dirichlet(records, k, alpha, seed, min_size=min_size)
 
 
 #: Scheme name -> ``fn(records, k, seed, args)``; ``args`` come after ``:`` in the spec.

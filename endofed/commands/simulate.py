@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated data folders, or 'synthetic' (default)")
     p.add_argument("--sites", type=int, default=3, help="number of virtual hospitals K")
     p.add_argument("--partition", default="iid",
-                   help="how the pooled data is split into hospitals: iid, dirichlet:A, source")
+                   help="how the pooled data is split into hospitals: iid, "
+                   "dirichlet:A[,MIN] (MIN = fewest images per hospital), source")
     p.add_argument("--arms", type=_csv, default=_csv("central,local,fedavg"),
                    help="central, local and/or strategies (fedavg, fedprox, fedadam, "
                         "fedmedian, ...); 'X+prep' enables site preprocessing")

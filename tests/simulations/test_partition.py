@@ -98,6 +98,27 @@ def test_dirichlet_keeps_every_site_non_empty_even_when_extreme() -> None:
         _check_split(records, partition_dirichlet(records, 6, 0.01, seed), 6)
 
 
+def test_dirichlet_minimum_site_size_redraws() -> None:
+    records = _dataset(120)
+    plain = [min(len(p) for p in partition_dirichlet(records, 4, 0.1, s)) for s in range(10)]
+    assert min(plain) < 10  # without a minimum, tiny sites happen at alpha 0.1
+    for seed in range(10):
+        parts = partition(records, "dirichlet:0.1,10", 4, seed=seed)
+        _check_split(records, parts, 4)
+        assert min(len(p) for p in parts) >= 10
+    # Deterministic for a seed, and the minimum 0 is the plain scheme.
+    assert _ids(partition(records, "dirichlet:0.1,10", 4, seed=3)) == _ids(
+        partition(records, "dirichlet:0.1,10", 4, seed=3))
+    assert _ids(partition(records, "dirichlet:0.1,0", 4, seed=3)) == _ids(
+        partition_dirichlet(records, 4, 0.1, 3))
+    with pytest.raises(PartitionError, match="at least 40 records"):
+        partition(records, "dirichlet:0.1,40", 4)
+    with pytest.raises(PartitionError, match="raise alpha"):
+        partition_dirichlet(records, 4, 0.01, 0, min_size=29, max_draws=3)
+    with pytest.raises(PartitionError, match="integer"):
+        partition(records, "dirichlet:0.5,many", 3)
+
+
 def test_iid_sizes_are_balanced() -> None:
     records = _dataset(241)
     sizes = [len(p) for p in partition_iid(records, 4, seed=0)]
