@@ -56,6 +56,9 @@ def plain_trainer(
 
 TRAINER_FACTORIES: dict[str, TrainerFactory] = {"plain": plain_trainer}
 
+#: Trainer metrics a DP site still reports: wall-clock only, nothing computed from images.
+DP_SAFE_METRICS = frozenset({"train-seconds"})
+
 
 def trainer_kind(rt: SiteRuntime) -> str:
     return "dp" if rt.cfg.privacy.enabled else "plain"
@@ -79,7 +82,15 @@ def local_train(
     trainer, loader, extra_metrics = factory(rt, round_config)
     result = trainer.fit(loader, epochs=rt.cfg.train.epochs, desc=f"{rt.name} train")
     state = {k: v.detach().cpu().numpy() for k, v in trainable_state(rt.model).items()}
-    metrics = {"num-examples": float(len(rt.train_set)), **result.metrics(), **extra_metrics()}
+    local = result.metrics()
+    metrics = {"num-examples": float(len(rt.train_set)), **local, **extra_metrics()}
+    if kind == "dp":
+        # The training losses (and the Poisson draw's realised image count) are
+        # statistics of the site's images that the DP guarantee does not cover: they
+        # stay in the site's log; the reply carries only what the privacy layer adds.
+        log.info("site %s round %s (not sent under DP): %s", rt.name,
+                 round_config.get("server-round"), {k: round(v, 4) for k, v in local.items()})
+        metrics = {k: v for k, v in metrics.items() if k not in local or k in DP_SAFE_METRICS}
     return state, metrics
 
 

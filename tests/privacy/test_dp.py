@@ -44,6 +44,9 @@ def test_rounds_restart_and_budget(make_runtime) -> None:
         assert metrics["dp-sample-rate"] == 0.5
         assert metrics["epsilon-target"] == 8.0
         assert metrics["dp-steps"] == 2.0  # every logical step, empty ones included
+        # Nothing computed from the images without noise leaves a DP site.
+        assert not any(k.startswith("train-loss") for k in metrics)
+        assert "train-images" not in metrics
         spent.append(metrics["epsilon-spent"])
     assert spent[0] > 0 and spent == sorted(spent)
     assert spent[0] < spent[1] < spent[2] <= 8.0
