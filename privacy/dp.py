@@ -200,6 +200,13 @@ def build_dp_site(rt: SiteRuntime) -> DPSite:
     )
     module.forbid_grad_accumulation()
     n = len(rt.train_set)
+    if pc.delta >= 1.0 / n:
+        # (eps, delta)-DP with delta >= 1/N allows releasing one image outright.
+        log.warning(
+            "site %s: dp-delta %g is not below 1/N = %.3g for %d training images; the "
+            "guarantee is weak - use a delta well below 1/N (e.g. 1e-5)",
+            rt.name, pc.delta, 1.0 / n, n,
+        )
     k = len(logical)
     sample_rate = 1.0 / k
     if k != poisson_steps_per_epoch(n, cfg.data.batch_size):

@@ -246,3 +246,15 @@ def test_batch_memory_manager_round_counts_logical_steps(make_runtime) -> None:
     _, metrics = local_train(rt, _weights(rt), {"server-round": 1})
     assert metrics["dp-steps"] == 1.0  # one logical step, however many physical batches
     assert 0 < metrics["epsilon-spent"] <= 8.0
+
+
+def test_delta_not_below_one_over_n_is_warned(make_runtime, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="privacy.dp"):
+        get_dp_site(make_runtime(**{"dp-delta": 0.2}))  # six images: 1/N = 0.167
+    assert any("1/N" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="privacy.dp"):
+        get_dp_site(make_runtime())
+    assert not any("1/N" in r.getMessage() for r in caplog.records)
