@@ -261,19 +261,24 @@ def _train_config(cfg: EndoFedConfig):
 
 def _round_plan(
     rt: SiteRuntime, site: DPSite, round_config: Mapping[str, Any]
-) -> tuple[str, int, int, int]:
-    """(run name, server round, steps this round, steps left in the run incl. this one)."""
+) -> tuple[str, str, int, int, int]:
+    """(run name, study, server round, steps this round, steps left in the study).
+
+    ``study`` is the server's ``study-id`` (unique per study, kept when a study is
+    resumed), else the run name (older servers).
+    """
     cfg = rt.cfg
     run = str(round_config.get("run-name", cfg.federation.run_name))
+    study = str(round_config.get("study-id") or run)
     total_rounds = int(round_config.get("num-server-rounds", cfg.federation.num_server_rounds))
-    done = site.ledger.rounds_done(run)
+    done = site.ledger.rounds_done(study)
     server_round = int(round_config.get("server-round", done + 1))
     per_epoch = site.steps_per_epoch
     if cfg.train.max_steps > 0:
         per_epoch = min(per_epoch, cfg.train.max_steps)
     round_steps = cfg.train.epochs * per_epoch
     rounds_left = max(1, total_rounds - server_round + 1)
-    return run, server_round, round_steps, rounds_left * round_steps
+    return run, study, server_round, round_steps, rounds_left * round_steps
 
 
 def _plan_noise(site: DPSite, cfg: EndoFedConfig, planned_steps: int, rtol: float) -> float:
@@ -300,7 +305,7 @@ def _plan_noise(site: DPSite, cfg: EndoFedConfig, planned_steps: int, rtol: floa
     )
 
 
-def _check_new_study(site: DPSite, cfg: EndoFedConfig, run: str) -> None:
+def _check_new_study(site: DPSite, cfg: EndoFedConfig, run: str, study: str) -> None:
     """Refuse to *start* a study on the crumbs of a budget an earlier study planned to spend.
 
     The noise of a study is calibrated so that its last round lands within 1 % of the
@@ -308,7 +313,7 @@ def _check_new_study(site: DPSite, cfg: EndoFedConfig, run: str) -> None:
     could fit a round into. Rounds of a study already under way are not affected.
     """
     pc = cfg.privacy
-    if site.ledger.has_run(run):
+    if site.ledger.has_study(study):
         return
     spent = site.ledger.epsilon_spent()
     left = pc.epsilon - spent
@@ -335,7 +340,7 @@ def dp_trainer(
     cfg = rt.cfg
     site = get_dp_site(rt)
     site.ledger.refresh()
-    run, server_round, round_steps, planned = _round_plan(rt, site, round_config)
+    run, study, server_round, round_steps, planned = _round_plan(rt, site, round_config)
 
     def decline(exc: PrivacyBudgetError) -> BudgetExhausted:
         return BudgetExhausted(
@@ -343,11 +348,11 @@ def dp_trainer(
         )
 
     try:
-        _check_new_study(site, cfg, run)
+        _check_new_study(site, cfg, run, study)
         sigma = _plan_noise(site, cfg, planned, rtol=0.01)
         entry, before = site.ledger.reserve(
             run=run, round=server_round, noise_multiplier=sigma,
-            sample_rate=site.sample_rate, steps=round_steps,
+            sample_rate=site.sample_rate, steps=round_steps, study=study,
         )
     except PrivacyBudgetError as exc:
         raise decline(exc) from exc

@@ -113,6 +113,12 @@ class RoundEntry:
     started: str
     finished: str | None = None
     pid: int = 0
+    # The study's identity (the server's ``study-id``; older entries: empty = ``run``).
+    study: str = ""
+
+    @property
+    def study_key(self) -> str:
+        return self.study or self.run
 
     @property
     def charge(self) -> HistoryEntry:
@@ -201,13 +207,17 @@ class PrivacyLedger:
         with self._locked():
             self._state = self._read()
 
-    def has_run(self, run: str) -> bool:
-        """True if any round of run ``run`` was ever reserved (done, running or not)."""
-        return any(r.run == run for r in self._state.rounds)
+    def has_study(self, study: str) -> bool:
+        """True if any round of study ``study`` was ever reserved (done, running or not).
 
-    def rounds_done(self, run: str) -> int:
-        """Number of completed rounds of run ``run``."""
-        return sum(1 for r in self._state.rounds if r.run == run and r.status == "done")
+        ``study`` is the server's ``study-id`` (or, from older servers, the run name).
+        """
+        return any(r.study_key == study for r in self._state.rounds)
+
+    def rounds_done(self, study: str) -> int:
+        """Number of completed rounds of study ``study``."""
+        return sum(1 for r in self._state.rounds
+                   if r.study_key == study and r.status == "done")
 
     # -- round protocol ---------------------------------------------------------------
     def reserve(
@@ -218,6 +228,7 @@ class PrivacyLedger:
         noise_multiplier: float,
         sample_rate: float,
         steps: int,
+        study: str = "",
     ) -> tuple[RoundEntry, list[HistoryEntry]]:
         """Charge a round's planned steps before training (write-ahead).
 
@@ -259,6 +270,7 @@ class PrivacyLedger:
                 epsilon_after=after,
                 started=_now(),
                 pid=os.getpid(),
+                study=str(study),
             )
             state.rounds.append(entry)
             self._write(state)
@@ -437,10 +449,11 @@ def read_ledger_summary(path: Path | str) -> dict[str, Any]:
         raise LedgerError(f"{path} is not an EndoFed privacy ledger")
     runs: dict[str, dict[str, Any]] = {}
     for r in payload.get("rounds", []):
-        run = runs.setdefault(r["run"], {"run": r["run"], "rounds": 0, "done": 0,
-                                         "interrupted": 0, "running": 0, "steps": 0,
-                                         "started": r["started"], "finished": None,
-                                         "epsilon_after": 0.0})
+        key = r.get("study") or r["run"]
+        run = runs.setdefault(key, {"run": r["run"], "study": key, "rounds": 0, "done": 0,
+                                    "interrupted": 0, "running": 0, "steps": 0,
+                                    "started": r["started"], "finished": None,
+                                    "epsilon_after": 0.0})
         run["rounds"] += 1
         run[r["status"]] = run.get(r["status"], 0) + 1
         run["steps"] += int(r["steps"])

@@ -9,8 +9,11 @@ round and continue from the last one when the same run name is started again.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,28 @@ def from_arrayrecord(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
+STUDY_FILE = "study.json"
+
+
+def study_id(run_dir: Path) -> str:
+    """The study's identity: created with the run directory, kept when it is resumed.
+
+    Sites key their privacy ledger by it, so two studies that happen to share a run
+    name are still two studies (and a resumed study is still the same one).
+    """
+    path = run_dir / STUDY_FILE
+    if path.exists():
+        try:
+            return str(json.loads(path.read_text())["study-id"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}); restore or delete it") from exc
+    sid = uuid.uuid4().hex
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"study-id": sid, "run-dir": str(run_dir)}))
+    os.replace(tmp, path)
+    return sid
+
+
 class FederatedRun:
     """One federated study, resumable by run name."""
 
@@ -63,6 +88,7 @@ class FederatedRun:
             cfg.federation.run_name
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.study_id = study_id(self.run_dir)
         torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial model
         self.model = model_for(cfg)
         initial = {k: v.detach().cpu().numpy() for k, v in trainable_state(self.model).items()}
@@ -101,7 +127,8 @@ class FederatedRun:
             if self.context is None:
                 raise ConfigError("secure aggregation needs the ServerApp context")
             self.secure = SecureTrainingPhase(
-                self.cfg, self.grid, self.context, list(self.expected_shapes)
+                self.cfg, self.grid, self.context, list(self.expected_shapes),
+                study_id=self.study_id,
             )
             log.info("secure aggregation (SecAgg+) is on: the server sees only the sum")
         try:
@@ -148,6 +175,7 @@ class FederatedRun:
             {
                 "server-round": server_round,
                 "num-server-rounds": self.cfg.federation.num_server_rounds,
+                "study-id": self.study_id,
             }
         )
 

@@ -49,7 +49,13 @@ class SecureTrainingPhase:
     """Runs the training half of rounds through SecAgg+ (see module docstring)."""
 
     def __init__(
-        self, cfg: EndoFedConfig, grid: Grid, context: Context, names: Sequence[str]
+        self,
+        cfg: EndoFedConfig,
+        grid: Grid,
+        context: Context,
+        names: Sequence[str],
+        *,
+        study_id: str = "",
     ) -> None:
         lg = _legacy()
         self._lg = lg
@@ -78,7 +84,8 @@ class SecureTrainingPhase:
             fraction_evaluate=0.0,
             min_fit_clients=fed.min_train_nodes,
             min_available_clients=fed.min_available_nodes,
-            on_fit_config_fn=lambda r: {"server-round": r, "num-server-rounds": rounds},
+            on_fit_config_fn=lambda r: {"server-round": r, "num-server-rounds": rounds,
+                                        "study-id": study_id},
         )
         self.context = lg["LegacyContext"](
             context, config=lg["ServerConfig"](num_rounds=rounds), strategy=self.strategy

@@ -121,6 +121,19 @@ def test_new_study_after_a_spent_budget_declines(make_runtime) -> None:
     assert metrics["epsilon-spent"] < m4["epsilon-spent"] <= 8.0
 
 
+def test_studies_are_told_apart_by_study_id_not_run_name(make_runtime) -> None:
+    """Two coordinators' studies both named 'default' are two studies for the ledger."""
+    rt = make_runtime(**{"num-server-rounds": 1})
+    first = {"server-round": 1, "run-name": "default", "study-id": "a1"}
+    weights, metrics = local_train(rt, _weights(rt), first)
+    assert 0.99 * 8.0 <= metrics["epsilon-spent"] <= 8.0
+    with pytest.raises(BudgetExhausted, match="dp-min-study-budget"):
+        local_train(make_runtime(**{"num-server-rounds": 1}), weights,
+                    {"server-round": 1, "run-name": "default", "study-id": "b2"})
+    ledger = json.loads(get_dp_site(rt).ledger.path.read_text())
+    assert [(r["run"], r["study"]) for r in ledger["rounds"]] == [("default", "a1")]
+
+
 def test_a_study_under_way_keeps_training_near_its_target(make_runtime) -> None:
     """The new-study floor never blocks the later rounds of a study already running."""
     rt = make_runtime(**{"num-server-rounds": 3, "run-name": "long",
