@@ -214,7 +214,7 @@ class PrivacyConfig:
     max_noise_multiplier: float = field(
         default=10.0, metadata={"key": "dp-max-noise-multiplier"}
     )
-    # A *new* study (run name not yet in the site's ledger) starts only if at least this
+    # A *new* study (study-id not yet in the site's ledger) starts only if at least this
     # share of dp-epsilon is left; a finished study's calibration slack is not a budget.
     min_study_budget: float = field(default=0.05, metadata={"key": "dp-min-study-budget"})
     # Opacus secure_mode (CSPRNG noise, needs torchcsprng); off: noise and sampling use
