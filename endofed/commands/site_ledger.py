@@ -59,12 +59,14 @@ def _print(s: dict) -> None:
         f"{s['accountant']} accountant\nledger: {s['path']}", soft_wrap=True
     )
     table = Table(title="Studies")
-    for col in ("run", "rounds", "done", "interrupted", "steps", "epsilon after",
+    for col in ("run", "study", "rounds", "done", "interrupted", "steps", "epsilon after",
                 "started", "finished"):
-        table.add_column(col, justify="left" if col in ("run", "started", "finished")
+        table.add_column(col, justify="left" if col in ("run", "study", "started", "finished")
                          else "right")
     for r in s["runs"]:
-        table.add_row(r["run"], str(r["rounds"]), str(r["done"]), str(r["interrupted"]),
+        study = r["study"] if r["study"] != r["run"] else "-"
+        table.add_row(r["run"], study[:12], str(r["rounds"]), str(r["done"]),
+                      str(r["interrupted"]),
                       str(r["steps"]), f"{r['epsilon_after']:.4g}", r["started"],
                       r["finished"] or "-")
     console.print(table)
