@@ -28,6 +28,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) tools/lint_imports.py
 
 clean:
 	rm -rf runs/demo .pytest_cache

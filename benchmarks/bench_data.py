@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from shared.data import DetectionDataset, load_sample, make_loader, scan_site
+from endofed.shared.data import DetectionDataset, load_sample, make_loader, scan_site
 
 
 def _rate(n: int, seconds: float) -> float:

@@ -67,10 +67,10 @@ def worker(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from privacy.dp import make_poisson_loader
-    from shared.config import TrainConfig
-    from shared.engine import Trainer, build_optimizer, resolve_device
-    from shared.model import build_model
+    from endofed.privacy.dp import make_poisson_loader
+    from endofed.shared.config import TrainConfig
+    from endofed.shared.engine import Trainer, build_optimizer, resolve_device
+    from endofed.shared.model import build_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from shared.model import PRESETS, build_model, trainable_state  # noqa: E402
-from simulations.runtime import (  # noqa: E402
+from endofed.shared.model import PRESETS, build_model, trainable_state  # noqa: E402
+from endofed.simulations.runtime import (  # noqa: E402
     FlowerRunError,
     LocalDeployment,
     LocalSimulationRuntime,
@@ -141,7 +141,7 @@ def simulate(runs: Path, name: str, sites: int, rounds: int, images: int,
 
 def deploy(runs: Path, name: str, sites: int, rounds: int, images: int,
            timeout: float) -> dict:
-    from shared.data.synthetic import write_sites
+    from endofed.shared.data.synthetic import write_sites
 
     data = runs / f"{name}-data"
     write_sites(data, sites=sites, images_per_site=images, seed=1, size=96)

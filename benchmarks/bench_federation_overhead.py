@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulations.runtime import LocalDeployment, LocalSimulationRuntime  # noqa: E402
+from endofed.simulations.runtime import LocalDeployment, LocalSimulationRuntime  # noqa: E402
 
 SMOKE_APP = REPO / "tests" / "flower_smoke_app"
 

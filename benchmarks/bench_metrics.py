@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from shared.metrics import MetricAccumulator, sum_states
+from endofed.shared.metrics import MetricAccumulator, sum_states
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from shared.data.collate import Batch
-from shared.model import build_model, export_onnx
+from endofed.shared.data.collate import Batch
+from endofed.shared.model import build_model, export_onnx
 
 
 def _batch(n: int, size: int, device: torch.device) -> Batch:

@@ -33,8 +33,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # no
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.data.sample import Sample, SampleMeta  # noqa: E402
-from shared.preprocessing import (  # noqa: E402
+from endofed.shared.data.sample import Sample, SampleMeta  # noqa: E402
+from endofed.shared.preprocessing import (  # noqa: E402
     ClassicalDetector,
     PreprocessConfig,
     denoise,

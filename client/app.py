@@ -11,15 +11,15 @@ import logging
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.runtime import get_site_runtime
-from client.secure import (
+from endofed.client.runtime import get_site_runtime
+from endofed.client.secure import (
     central_dp_when_requested,
     is_legacy_train,
     legacy_train_reply,
     secagg_when_requested,
 )
-from client.training import BudgetExhausted, local_evaluate, local_train
-from privacy.outgoing import outgoing_audit_mod
+from endofed.client.training import BudgetExhausted, local_evaluate, local_train
+from endofed.privacy.outgoing import outgoing_audit_mod
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from client.site import SiteData, resolve_site
-from shared.config import EndoFedConfig
-from shared.data.build import loader_for, model_for, train_val_datasets
-from shared.data.dataset import DetectionDataset
-from shared.engine import configure_threads, resolve_device
+from endofed.client.site import SiteData, resolve_site
+from endofed.shared.build import loader_for, model_for, train_val_datasets
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.dataset import DetectionDataset
+from endofed.shared.engine import configure_threads, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import EndoFedConfig
-from shared.data.labels import harmonize_labels
-from shared.data.sample import SampleRecord, SiteIndex
-from shared.data.site import SiteDataError, scan_site
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.partition import partition
+from endofed.shared.data.sample import SampleRecord, SiteIndex
+from endofed.shared.data.site import SiteDataError, scan_site
+from endofed.shared.data.synthetic import write_site
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,6 @@ def synthetic_site_dir(cfg: EndoFedConfig, partition_id: int) -> Path:
 
 def ensure_synthetic_site(cfg: EndoFedConfig, partition_id: int) -> Path:
     """Generate the synthetic hospital once (atomic rename), then reuse it."""
-    from shared.data.synthetic import write_site
-
     out = synthetic_site_dir(cfg, partition_id)
     if (out / "manifest.csv").exists():
         return out
@@ -119,8 +119,6 @@ def resolve_site(
         index = _scan(Path(str(node_config["data-path"])), cfg)
         return SiteData(name=name, records=index.records, index=index)
     if str(run_config.get("data-path", "")).strip():
-        from simulations.partition import partition
-
         records: list[SampleRecord] = []
         for p in _split_paths(run_config["data-path"]):
             records.extend(_scan(p, cfg).records)

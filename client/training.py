@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.runtime import SiteRuntime
-from shared.engine import Trainer, evaluate
-from shared.metrics import MetricAccumulator
-from shared.model import load_trainable_state, trainable_state
+from endofed.client.runtime import SiteRuntime
+from endofed.shared.engine import Trainer, evaluate
+from endofed.shared.metrics import MetricAccumulator
+from endofed.shared.model import load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def local_train(
     kind = trainer_kind(rt)
     if kind not in TRAINER_FACTORIES:
         # The privacy layer registers "dp" on import.
-        import privacy.dp  # noqa: F401
+        import endofed.privacy.dp  # noqa: F401
     factory = TRAINER_FACTORIES[kind]
     trainer, loader, extra_metrics = factory(rt, round_config)
     result = trainer.fit(loader, epochs=rt.cfg.train.epochs, desc=f"{rt.name} train")

@@ -4,14 +4,14 @@
 (the client imports it lazily when ``dp-epsilon`` > 0); this package root stays light.
 """
 
-from privacy.accounting import (
+from endofed.privacy.accounting import (
     ACCOUNTANTS,
     PrivacyBudgetError,
     calibrate_noise_multiplier,
     compute_epsilon,
     create_accountant,
 )
-from privacy.ledger import LedgerError, PrivacyLedger, default_state_root, ledger_path
+from endofed.privacy.ledger import LedgerError, PrivacyLedger, default_state_root, ledger_path
 
 __all__ = [
     "ACCOUNTANTS",

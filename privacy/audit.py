@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from shared.config import EndoFedConfig
-from shared.data.build import dataset_for, loader_for
-from shared.data.sample import SampleRecord
-from shared.model import ImprovedSSD
+from endofed.shared.build import dataset_for, loader_for
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.sample import SampleRecord
+from endofed.shared.model import ImprovedSSD
 
 log = logging.getLogger(__name__)
 

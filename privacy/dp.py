@@ -47,17 +47,17 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.utils.data import DataLoader, Dataset
 
-from client.runtime import SiteRuntime
-from client.training import TRAINER_FACTORIES, BudgetExhausted
-from privacy.accounting import (
+from endofed.client.runtime import SiteRuntime
+from endofed.client.training import TRAINER_FACTORIES, BudgetExhausted
+from endofed.privacy.accounting import (
     PrivacyBudgetError,
     calibrate_noise_multiplier,
     compute_epsilon,
 )
-from privacy.ledger import PrivacyLedger, RoundEntry, ledger_path
-from shared.config import EndoFedConfig
-from shared.data.collate import collate_detection
-from shared.engine import Trainer, build_optimizer
+from endofed.privacy.ledger import PrivacyLedger, RoundEntry, ledger_path
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.collate import collate_detection
+from endofed.shared.engine import Trainer, build_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -44,14 +44,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy.accounting import (
+from endofed.privacy.accounting import (
     ACCOUNTANTS,
     HistoryEntry,
     PrivacyBudgetError,
     compress_history,
     compute_epsilon,
 )
-from shared.config import EndoFedConfig
+from endofed.shared.config import EndoFedConfig
 
 try:  # POSIX advisory locks; Windows falls back to an exclusive lock file.
     import fcntl

@@ -52,8 +52,8 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
-from shared.config import EndoFedConfig
-from shared.metrics.accumulator import MetricAccumulator
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.metrics.accumulator import MetricAccumulator
 
 __all__ = [
     "ARRAYS_KEY",
@@ -130,7 +130,7 @@ def _policy_cached(
 ) -> OutgoingPolicy:
     import torch
 
-    from shared.model import build_model, trainable_state
+    from endofed.shared.model import build_model, trainable_state
 
     with torch.no_grad():
         model = build_model(

@@ -7,8 +7,8 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.loop import FederatedRun
-from shared.config import EndoFedConfig
+from endofed.server.loop import FederatedRun
+from endofed.shared.config import EndoFedConfig
 
 log = logging.getLogger(__name__)
 

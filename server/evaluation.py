@@ -14,8 +14,8 @@ from typing import Any
 
 from flwr.app import Message
 
-from server.replies import site_of
-from shared.metrics import MetricAccumulator, flat_scalars
+from endofed.server.replies import site_of
+from endofed.shared.metrics import MetricAccumulator, flat_scalars
 
 log = logging.getLogger(__name__)
 

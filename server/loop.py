@@ -23,15 +23,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from server.evaluation import merge_evaluation_replies
-from server.replies import METRICS_KEY, screen_train_replies, site_of
-from server.report import render_run_report
-from server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
-from server.secagg import SecureTrainingPhase
-from server.strategies import build_strategy, load_strategy_state, strategy_state
-from shared.config import ConfigError, EndoFedConfig
-from shared.data.build import model_for
-from shared.model import load_trainable_state, save_checkpoint, trainable_state
+from endofed.server.evaluation import merge_evaluation_replies
+from endofed.server.replies import METRICS_KEY, screen_train_replies, site_of
+from endofed.server.report import render_run_report
+from endofed.server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
+from endofed.server.secagg import SecureTrainingPhase
+from endofed.server.strategies import build_strategy, load_strategy_state, strategy_state
+from endofed.shared.build import model_for
+from endofed.shared.config import ConfigError, EndoFedConfig
+from endofed.shared.model import load_trainable_state, save_checkpoint, trainable_state
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.metrics.report import plot_metric_curves, plot_site_bars, write_evaluation_report
+from endofed.shared.metrics.report import (
+    plot_metric_curves,
+    plot_site_bars,
+    write_evaluation_report,
+)
 
 log = logging.getLogger(__name__)
 

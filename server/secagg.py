@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
-from shared.config import EndoFedConfig
+from endofed.shared.config import EndoFedConfig
 
 log = logging.getLogger(__name__)
 

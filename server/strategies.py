@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from shared.config import ConfigError, EndoFedConfig
+from endofed.shared.config import ConfigError, EndoFedConfig
 
 StrategyBuilder = Callable[[EndoFedConfig, ArrayRecord], Strategy]
 

@@ -143,7 +143,7 @@ class PreprocessConfigRef:
     """Site-level switches for the preprocessing pipeline (paper 2.1.2).
 
     Mapped onto :class:`shared.preprocessing.PreprocessConfig` by
-    :func:`shared.data.build.preprocess_config_for`; each stage can be switched off to
+    :func:`endofed.shared.build.preprocess_config_for`; each stage can be switched off to
     compare with and without it.
     """
 

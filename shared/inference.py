@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import torch
 
-from shared.data.transforms import build_transforms, to_tv_sample
-from shared.model import ImprovedSSD, load_model_checkpoint, read_checkpoint
-from shared.model.export import OUTPUT_NAMES, export_onnx
+from endofed.shared.data.transforms import build_transforms, to_tv_sample
+from endofed.shared.model import ImprovedSSD, load_model_checkpoint, read_checkpoint
+from endofed.shared.model.export import OUTPUT_NAMES, export_onnx
 
 log = logging.getLogger(__name__)
 

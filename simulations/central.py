@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from shared.config import EndoFedConfig
-from shared.data.build import loader_for, model_for, train_val_datasets
-from shared.data.labels import harmonize_labels
-from shared.data.sample import SampleRecord
-from shared.data.site import scan_site
-from shared.engine import Trainer, configure_threads, evaluate, resolve_device
-from shared.metrics import MetricAccumulator, flat_scalars
-from shared.metrics.report import write_evaluation_report
-from shared.model import save_checkpoint
+from endofed.shared.build import loader_for, model_for, train_val_datasets
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.sample import SampleRecord
+from endofed.shared.data.site import scan_site
+from endofed.shared.engine import Trainer, configure_threads, evaluate, resolve_device
+from endofed.shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.metrics.report import write_evaluation_report
+from endofed.shared.model import save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.data.synthetic import DeviceProfile, apply_device, device_profile_for_site
+from endofed.shared.data.synthetic import DeviceProfile, apply_device, device_profile_for_site
 
 
 def apply_device_profile(

@@ -14,7 +14,7 @@ split (plus their union, ``pooled``, and an optional held-out hospital):
   (``dp-epsilon``); ``arm+prep`` runs it with the site preprocessing enabled.
 
 The hospitals are materialised once per experiment directory: the data folders are
-pooled, split into K sites by :func:`simulations.partition.partition`, each site is
+pooled, split into K sites by :func:`shared.data.partition.partition`, each site is
 split patient-aware into train/val, and each site is written as a folder with a
 ``manifest.csv`` (absolute image paths and a ``split`` column) -- optionally with
 device-shifted copies of its images. The federated runs read exactly those folders
@@ -46,17 +46,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shared.config import EndoFedConfig
-from shared.data.build import dataset_for, loader_for
-from shared.data.labels import harmonize_labels
-from shared.data.layouts._base import MANIFEST_NAME
-from shared.data.sample import SampleRecord
-from shared.data.site import load_sample, scan_site
-from shared.data.split import split_records
-from shared.engine import Trainer, configure_threads, evaluate, resolve_device
-from shared.metrics import MetricAccumulator, flat_scalars
-from shared.model import build_model, load_model_checkpoint, save_checkpoint
-from simulations.partition import partition
+from endofed.shared.build import dataset_for, loader_for
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.layouts._base import MANIFEST_NAME
+from endofed.shared.data.partition import partition
+from endofed.shared.data.sample import SampleRecord
+from endofed.shared.data.site import load_sample, scan_site
+from endofed.shared.data.split import split_records
+from endofed.shared.engine import Trainer, configure_threads, evaluate, resolve_device
+from endofed.shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.model import build_model, load_model_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def parse_arms(names: Iterable[str], *, preprocess_ablation: bool = False) -> li
     """``["central", "fedavg", "fedprox+prep"]`` -> arms; the ablation adds ``X+prep``
     for every federated arm ``X``."""
     try:
-        from server.strategies import STRATEGIES
+        from endofed.server.strategies import STRATEGIES
         strategies = set(STRATEGIES)
     except ImportError:  # pragma: no cover - server package always ships with simulations
         strategies = {"fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian"}
@@ -256,7 +256,7 @@ class VirtualSite:
 def _source_folders(spec: ExperimentSpec) -> list[Path]:
     if spec.data:
         return [Path(p).resolve() for p in spec.data]
-    from shared.data.synthetic import write_sites
+    from endofed.shared.data.synthetic import write_sites
 
     root = (spec.out / "source" / "synthetic").resolve()
     folders = [root / f"site_{i + 1}" for i in range(spec.sites)]
@@ -298,7 +298,7 @@ def _write_site(
     """
     import cv2
 
-    from simulations.device_shift import apply_device_profile, profile_rng
+    from endofed.simulations.device_shift import apply_device_profile, profile_rng
 
     site_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -359,7 +359,7 @@ def materialize_sites(spec: ExperimentSpec, cfg: EndoFedConfig) -> list[VirtualS
         shutil.rmtree(tmp, ignore_errors=True)
         profiles = None
         if spec.device_shift:
-            from simulations.device_shift import site_profiles
+            from endofed.simulations.device_shift import site_profiles
 
             profiles = site_profiles(spec.sites, spec.split_seed)
         info: dict[str, Any] = {"sites": []}
@@ -507,7 +507,7 @@ class _Runner:
                                 **{"local-epochs": self.spec.rounds * self.spec.local_epochs})
 
     def central(self, job: Job) -> dict[str, Any]:
-        from simulations.central import train_central
+        from endofed.simulations.central import train_central
 
         cfg = self.budget_config(job)
         records = [r for s in self.sites for r in s.records]
@@ -546,7 +546,7 @@ class _Runner:
         return {"rows": rows, "run_dir": str(self.arm_dir(job))}
 
     def federated(self, job: Job) -> dict[str, Any]:
-        from simulations.federated import run_simulation
+        from endofed.simulations.federated import run_simulation
 
         spec = self.spec
         runs_dir = (spec.out / "runs").resolve()

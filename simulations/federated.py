@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations.runtime import CompletedRun, LocalSimulationRuntime
+from endofed.simulations.runtime import CompletedRun, LocalSimulationRuntime
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Two orchestrators share one design: a temporary ``FLWR_HOME`` whose ``config.toml``
 holds a single connection to a SuperLink *we* start on a free loopback port, the
 venv's own ``flwr`` CLI for ``flwr run``, and process-tree cleanup on exit (see
-:mod:`simulations.process_tree`). Nothing touches ``~/.flwr`` or the machine-wide
+:mod:`endofed.shared.util.processes`). Nothing touches ``~/.flwr`` or the machine-wide
 "local" SuperLink that ``flwr run .`` would start on a fixed port.
 
 - :class:`LocalSimulationRuntime`: ``flower-superlink --simulation`` (Ray
@@ -44,21 +44,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from simulations.flwr_home import (
-    ConfigValue,
-    SuperLinkConnection,
-    flwr_executable,
-    format_run_config,
-    write_config_toml,
-    write_flower_config,
-)
-from simulations.process_tree import (
+from endofed.shared.util.processes import (
     MARKER_ENV,
     ManagedProcess,
     kill_remaining,
     marked_processes,
     spawn,
     stop_all,
+)
+from endofed.simulations.flwr_home import (
+    ConfigValue,
+    SuperLinkConnection,
+    flwr_executable,
+    format_run_config,
+    write_config_toml,
+    write_flower_config,
 )
 
 __all__ = [

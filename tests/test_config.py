@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, EndoFedConfig
+from endofed.shared.config import ConfigError, EndoFedConfig
 
 
 def test_run_and_node_config_map_to_typed_sections():

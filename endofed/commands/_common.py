@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.config import EndoFedConfig
+from endofed.shared.config import EndoFedConfig
 
 # flag -> config key (kebab case, as in the Flower run config)
 CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {

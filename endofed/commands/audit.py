@@ -26,16 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from client.site import synthetic_site_dir
-    from privacy.audit import membership_inference_audit, write_audit_markdown
-    from server.report import render_run_report
-    from server.run_state import load_run_state
-    from shared.config import EndoFedConfig
-    from shared.data.labels import harmonize_labels
-    from shared.data.site import scan_site
-    from shared.data.split import split_records
-    from shared.engine import resolve_device
-    from shared.model import load_model_checkpoint
+    from endofed.client.site import synthetic_site_dir
+    from endofed.privacy.audit import membership_inference_audit, write_audit_markdown
+    from endofed.server.report import render_run_report
+    from endofed.server.run_state import load_run_state
+    from endofed.shared.config import EndoFedConfig
+    from endofed.shared.data.labels import harmonize_labels
+    from endofed.shared.data.site import scan_site
+    from endofed.shared.data.split import split_records
+    from endofed.shared.engine import resolve_device
+    from endofed.shared.model import load_model_checkpoint
 
     run_dir: Path = args.run_dir
     model_path = args.model or next(

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from privacy.certs import generate_certificates
+    from endofed.privacy.certs import generate_certificates
 
     try:
         bundle = generate_certificates(

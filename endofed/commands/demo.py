@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from simulations.federated import run_simulation
+    from endofed.simulations.federated import run_simulation
 
     previous = args.out / "federated"
     if previous.exists():  # the demo always starts fresh (real runs resume instead)

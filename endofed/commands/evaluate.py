@@ -18,13 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.config import EndoFedConfig
-    from shared.data.build import dataset_for, loader_for
-    from shared.engine import evaluate, resolve_device
-    from shared.metrics import MetricAccumulator, flat_scalars
-    from shared.metrics.report import write_evaluation_report
-    from shared.model import load_model_checkpoint, read_checkpoint
-    from simulations.central import pooled_records
+    from endofed.shared.build import dataset_for, loader_for
+    from endofed.shared.config import EndoFedConfig
+    from endofed.shared.engine import evaluate, resolve_device
+    from endofed.shared.metrics import MetricAccumulator, flat_scalars
+    from endofed.shared.metrics.report import write_evaluation_report
+    from endofed.shared.model import load_model_checkpoint, read_checkpoint
+    from endofed.simulations.central import pooled_records
 
     device = resolve_device(args.device)
     model = load_model_checkpoint(args.checkpoint, map_location=device)

@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.inference import export_and_check
-    from shared.model import load_model_checkpoint
+    from endofed.shared.inference import export_and_check
+    from endofed.shared.model import load_model_checkpoint
 
     model = load_model_checkpoint(args.checkpoint, map_location="cpu")
     report = export_and_check(model, args.out, opset=args.opset, check=not args.no_check)

@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from shared.engine import resolve_device
-    from shared.preprocessing.learned_overlay import train_overlay_detector
+    from endofed.shared.engine import resolve_device
+    from endofed.shared.preprocessing.learned_overlay import train_overlay_detector
 
     if args.threads > 0:
         import torch
@@ -86,8 +86,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from shared.preprocessing import PreprocessConfig
-    from shared.preprocessing.learned_overlay import (
+    from endofed.shared.preprocessing import PreprocessConfig
+    from endofed.shared.preprocessing.learned_overlay import (
         LearnedDetector,
         make_composites,
         overlay_recall,

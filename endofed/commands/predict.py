@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.engine import resolve_device
-    from shared.inference import Predictor, predict_to_dir
+    from endofed.shared.engine import resolve_device
+    from endofed.shared.inference import Predictor, predict_to_dir
 
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=resolve_device(args.device), score_thresh=args.score_thresh

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`PreprocessConfig` the flags describe."""
-    from shared.preprocessing import PreprocessConfig
+    from endofed.shared.preprocessing import PreprocessConfig
 
     kwargs: dict = {
         "crop": not args.no_crop,
@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.preprocessing import preprocess_site
+    from endofed.shared.preprocessing import preprocess_site
 
     if not args.site_dir.is_dir():
         log.error("%s: not a folder", args.site_dir)

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.report import render_run_report
+    from endofed.server.report import render_run_report
 
     print(render_run_report(args.run_dir))
     return 0

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulations.experiment import (
+    from endofed.simulations.experiment import (
         ExperimentError,
         ExperimentSpec,
         parse_arms,

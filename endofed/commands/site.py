@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from shared.data.site import SiteDataError, scan_site, summarize
+    from endofed.shared.data.site import SiteDataError, scan_site, summarize
 
     try:
         summary = summarize(scan_site(args.dir, layout=args.layout))

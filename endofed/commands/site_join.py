@@ -70,7 +70,7 @@ def preflight(data_path: Path, site_name: str) -> int:
     Raises:
         PreflightError: the folder is missing, not a folder, or has no usable image.
     """
-    from shared.data.site import SiteDataError, scan_site
+    from endofed.shared.data.site import SiteDataError, scan_site
 
     if not site_name.strip():
         raise PreflightError("--site-name must not be empty")
@@ -98,8 +98,8 @@ def check_privacy(node_config: dict[str, str | float]) -> str | None:
     Raises:
         PreflightError: a setting is invalid (the message names the key).
     """
-    from privacy.ledger import LedgerError, ledger_path, read_ledger_summary
-    from shared.config import ConfigError, EndoFedConfig
+    from endofed.privacy.ledger import LedgerError, ledger_path, read_ledger_summary
+    from endofed.shared.config import ConfigError, EndoFedConfig
 
     try:
         cfg = EndoFedConfig.from_flower({}, node_config)
@@ -125,7 +125,7 @@ def check_privacy(node_config: dict[str, str | float]) -> str | None:
 
 def supernode_argv(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
-    from simulations.flwr_home import flwr_executable, format_run_config
+    from endofed.simulations.flwr_home import flwr_executable, format_run_config
 
     node_config: dict[str, str | float] = {
         "data-path": str(args.data_path.expanduser().resolve()),

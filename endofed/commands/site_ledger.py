@@ -25,8 +25,8 @@ def register_ledger(actions: argparse._SubParsersAction) -> None:
 
 
 def run_ledger(args: argparse.Namespace) -> int:
-    from privacy.ledger import LedgerError, ledger_path, read_ledger_summary
-    from shared.config import EndoFedConfig
+    from endofed.privacy.ledger import LedgerError, ledger_path, read_ledger_summary
+    from endofed.shared.config import EndoFedConfig
 
     node = {"site-name": args.site_name, "data-path": "."}
     if args.state_dir is not None:

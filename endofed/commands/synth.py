@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.data.synthetic import LesionConfig, write_sites
+    from endofed.shared.data.synthetic import LesionConfig, write_sites
 
     if args.sites < 1 or args.images_per_site < 1:
         raise SystemExit("endofed synth: --sites and --images-per-site must be >= 1")

@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.metrics import flat_scalars
-    from simulations.central import train_central
+    from endofed.shared.metrics import flat_scalars
+    from endofed.simulations.central import train_central
 
     cfg = config_from_args(args, {"preset": "cpu", "threads": 0})
     result = train_central(cfg, args.data, args.out, resume=not args.no_resume)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.data.sample import SiteIndex
+from endofed.shared.data.sample import SiteIndex
 
 log = logging.getLogger(__name__)
 

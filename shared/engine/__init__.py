@@ -1,9 +1,9 @@
 """One training engine for central, federated and simulated training."""
 
-from shared.engine.device import configure_threads, resolve_device
-from shared.engine.evaluator import evaluate
-from shared.engine.optim import build_optimizer, build_scheduler
-from shared.engine.trainer import EpochStats, Trainer, TrainResult, unwrap_model
+from endofed.shared.engine.device import configure_threads, resolve_device
+from endofed.shared.engine.evaluator import evaluate
+from endofed.shared.engine.optim import build_optimizer, build_scheduler
+from endofed.shared.engine.trainer import EpochStats, Trainer, TrainResult, unwrap_model
 
 __all__ = [
     "EpochStats",

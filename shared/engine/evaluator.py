@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from shared.data.collate import Batch
-from shared.engine.trainer import unwrap_model
+from endofed.shared.data.collate import Batch
+from endofed.shared.engine.trainer import unwrap_model
 
 
 @torch.no_grad()

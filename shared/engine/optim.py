@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from shared.config import ConfigError, TrainConfig
+from endofed.shared.config import ConfigError, TrainConfig
 
 OptimizerBuilder = Callable[[Iterable[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]
 

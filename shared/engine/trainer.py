@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from shared.config import TrainConfig
-from shared.data.collate import Batch
-from shared.engine.optim import build_optimizer, build_scheduler
+from endofed.shared.config import TrainConfig
+from endofed.shared.data.collate import Batch
+from endofed.shared.engine.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Batch, torch.Tensor], Any]
 
 def default_loss_fn(alpha_seg: float) -> LossFn:
     """The improved SSD's per-image loss (imported lazily: shared.model owns it)."""
-    from shared.model import compute_loss
+    from endofed.shared.model import compute_loss
 
     def loss_fn(outputs: Mapping[str, torch.Tensor], batch: Batch, anchors: torch.Tensor):
         return compute_loss(outputs, batch, anchors, alpha_seg=alpha_seg)

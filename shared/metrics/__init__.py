@@ -3,7 +3,7 @@
 See :mod:`shared.metrics.accumulator` for the definitions of every metric.
 """
 
-from shared.metrics.accumulator import (
+from endofed.shared.metrics.accumulator import (
     DEFAULT_IOU_THRESHOLDS,
     DEFAULT_LOC_THRESHOLDS,
     NORMAL_NAME,
@@ -12,7 +12,7 @@ from shared.metrics.accumulator import (
     state_to_arrays,
     sum_states,
 )
-from shared.metrics.report import (
+from endofed.shared.metrics.report import (
     json_safe,
     markdown_table,
     plot_metric_curves,

@@ -48,19 +48,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.metrics.classification import (
+from endofed.shared.metrics.classification import (
     auc_from_histograms,
     binary_lesion_metrics,
     per_class_from_confusion,
     roc_from_histograms,
 )
-from shared.metrics.detection import (
+from endofed.shared.metrics.detection import (
     average_precision_from_histograms,
     box_iou,
     greedy_match,
     score_bins,
 )
-from shared.metrics.segmentation import dice_iou, mask_counts
+from endofed.shared.metrics.segmentation import dice_iou, mask_counts
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from shared.model.export import export_onnx
-from shared.model.loss import LossOutput, compute_loss, sigmoid_focal_loss, structure_loss
-from shared.model.postprocess import PostprocessOutput, image_probabilities
-from shared.model.presets import PRESETS, SSDConfig, available_presets, get_preset
-from shared.model.ssd import FINETUNE_MODES, ImprovedSSD
-from shared.model.weights import (
+from endofed.shared.model.export import export_onnx
+from endofed.shared.model.loss import LossOutput, compute_loss, sigmoid_focal_loss, structure_loss
+from endofed.shared.model.postprocess import PostprocessOutput, image_probabilities
+from endofed.shared.model.presets import PRESETS, SSDConfig, available_presets, get_preset
+from endofed.shared.model.ssd import FINETUNE_MODES, ImprovedSSD
+from endofed.shared.model.weights import (
     load_backbone_weights,
     load_model_checkpoint,
     load_trainable_state,

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from shared.model.layers import ConvGNReLU, L2Norm, group_norm, no_inplace
-from shared.model.presets import RESNET_LAYERS, SSDConfig
+from endofed.shared.model.layers import ConvGNReLU, L2Norm, group_norm, no_inplace
+from endofed.shared.model.presets import RESNET_LAYERS, SSDConfig
 
 NUM_SOURCE_MAPS = 6
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shared.model.weights import unwrap
+from endofed.shared.model.weights import unwrap
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder, SSDMatcher
 from torchvision.ops import box_iou
 
-from shared.data.collate import Batch
+from endofed.shared.data.collate import Batch
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 

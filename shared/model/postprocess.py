@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from shared.model.loss import BOX_CODER_WEIGHTS
+from endofed.shared.model.loss import BOX_CODER_WEIGHTS
 
 
 class PostprocessOutput(NamedTuple):

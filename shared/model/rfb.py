@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.model.layers import ConvGNReLU
+from endofed.shared.model.layers import ConvGNReLU
 
 
 class ModifiedRFB(nn.Module):

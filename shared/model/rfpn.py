@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.model.layers import ConvGNReLU
+from endofed.shared.model.layers import ConvGNReLU
 
 
 class RecursiveFPN(nn.Module):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.model.layers import ConvGNReLU
-from shared.model.rfb import ModifiedRFB
+from endofed.shared.model.layers import ConvGNReLU
+from endofed.shared.model.rfb import ModifiedRFB
 
 
 class SegmentationBranch(nn.Module):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.data.collate import Batch
-from shared.model.anchors import anchors_per_location, generate_anchors
-from shared.model.backbones import NUM_SOURCE_MAPS, build_backbone
-from shared.model.head import SSDPredictionHead
-from shared.model.loss import LossOutput, compute_loss
-from shared.model.postprocess import PostprocessOutput, postprocess
-from shared.model.presets import SSDConfig
-from shared.model.rfpn import RecursiveFPN
-from shared.model.segmentation import SegmentationBranch
+from endofed.shared.data.collate import Batch
+from endofed.shared.model.anchors import anchors_per_location, generate_anchors
+from endofed.shared.model.backbones import NUM_SOURCE_MAPS, build_backbone
+from endofed.shared.model.head import SSDPredictionHead
+from endofed.shared.model.loss import LossOutput, compute_loss
+from endofed.shared.model.postprocess import PostprocessOutput, postprocess
+from endofed.shared.model.presets import SSDConfig
+from endofed.shared.model.rfpn import RecursiveFPN
+from endofed.shared.model.segmentation import SegmentationBranch
 
 FINETUNE_MODES = ("global", "local")
 

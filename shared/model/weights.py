@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.model.presets import SSDConfig
-from shared.model.ssd import ImprovedSSD
+from endofed.shared.model.presets import SSDConfig
+from endofed.shared.model.ssd import ImprovedSSD
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Site preprocessing (paper 2.1.2): overlay detection, crop, median + Sym4 denoising, cache."""
 
-from shared.preprocessing.cache import SiteCache, SiteReport, cached_loader, preprocess_site
-from shared.preprocessing.config import PIPELINE_VERSION, PreprocessConfig
-from shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
-from shared.preprocessing.denoise import denoise, denoise_reference, wavelet_denoise
-from shared.preprocessing.overlay import (
+from endofed.shared.preprocessing.cache import SiteCache, SiteReport, cached_loader, preprocess_site
+from endofed.shared.preprocessing.config import PIPELINE_VERSION, PreprocessConfig
+from endofed.shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
+from endofed.shared.preprocessing.denoise import denoise, denoise_reference, wavelet_denoise
+from endofed.shared.preprocessing.overlay import (
     OVERLAY_TYPES,
     ClassicalDetector,
     OverlayBox,
@@ -13,7 +13,7 @@ from shared.preprocessing.overlay import (
     get_detector,
     register_detector,
 )
-from shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+from endofed.shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
 
 __all__ = [
     "OVERLAY_TYPES",

@@ -25,10 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shared.data.sample import Sample, SampleRecord
-from shared.preprocessing.config import PreprocessConfig
-from shared.preprocessing.overlay import Detector
-from shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+from endofed.shared.data.sample import Sample, SampleRecord
+from endofed.shared.preprocessing.config import PreprocessConfig
+from endofed.shared.preprocessing.overlay import Detector
+from endofed.shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ Loader = Callable[[SampleRecord], Sample]
 
 
 def _default_loader() -> Loader:
-    from shared.data.site import load_sample
+    from endofed.shared.data.site import load_sample
 
     return load_sample
 
@@ -133,7 +133,7 @@ class SiteCache:
         loader = self.loader or _default_loader()
         sample = loader(record)
         if self._detector is None and self.config.detect_overlays:
-            from shared.preprocessing.overlay import get_detector
+            from endofed.shared.preprocessing.overlay import get_detector
 
             self._detector = get_detector(self.config)
         out, info = preprocess_sample(sample, self.config, self._detector)
@@ -275,7 +275,7 @@ def preprocess_site(
     """
     from tqdm import tqdm
 
-    from shared.data.site import scan_site
+    from endofed.shared.data.site import scan_site
 
     config = config or PreprocessConfig()
     site_dir, out_dir = Path(site_dir), Path(out_dir)
@@ -283,7 +283,7 @@ def preprocess_site(
         raise ValueError(f"{out_dir}: output folder must differ from the site folder")
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
     if config.detect_overlays:
-        from shared.preprocessing.overlay import get_detector
+        from endofed.shared.preprocessing.overlay import get_detector
 
         get_detector(config)  # fail fast on a bad detector name or weights file
     index = scan_site(site_dir)

@@ -23,7 +23,7 @@ import numpy as np
 import pywt
 from scipy import ndimage
 
-from shared.preprocessing.config import PreprocessConfig
+from endofed.shared.preprocessing.config import PreprocessConfig
 
 _MAD_TO_SIGMA = 0.6745
 

@@ -37,11 +37,11 @@ import cv2
 import numpy as np
 import torch
 
-from shared.data.dataset import DetectionDataset
-from shared.data.sample import Sample, SampleMeta, SampleRecord
-from shared.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
-from shared.preprocessing.config import PreprocessConfig
-from shared.preprocessing.overlay import (
+from endofed.shared.data.dataset import DetectionDataset
+from endofed.shared.data.sample import Sample, SampleMeta, SampleRecord
+from endofed.shared.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from endofed.shared.preprocessing.config import PreprocessConfig
+from endofed.shared.preprocessing.overlay import (
     OVERLAY_TYPES,
     ClassicalDetector,
     OverlayBox,
@@ -263,7 +263,7 @@ class _Backgrounds:
     def __call__(self, index: int) -> np.ndarray:
         if self.files:
             return _read_rgb(self.files[index % len(self.files)])
-        from shared.data.synthetic import device_profile_for_site, render_frame
+        from endofed.shared.data.synthetic import device_profile_for_site, render_frame
 
         rng = np.random.default_rng([self.seed, 7, index])
         frame = render_frame(
@@ -351,9 +351,9 @@ def train_overlay_detector(
     """
     from torch.utils.data import DataLoader
 
-    from shared.config import TrainConfig
-    from shared.engine import Trainer, resolve_device
-    from shared.model import build_model, save_checkpoint
+    from endofed.shared.config import TrainConfig
+    from endofed.shared.engine import Trainer, resolve_device
+    from endofed.shared.model import build_model, save_checkpoint
 
     if n_images < 1 or epochs < 1:
         raise ValueError(f"n_images and epochs must be >= 1, got {n_images} and {epochs}")
@@ -407,7 +407,7 @@ class LearnedDetector:
         score_thresh: float = 0.2,
         device: str | torch.device | None = None,
     ) -> None:
-        from shared.model import load_model_checkpoint, read_checkpoint
+        from endofed.shared.model import load_model_checkpoint, read_checkpoint
 
         self.config = config or PreprocessConfig()
         path = self.config.detector_path

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from shared.preprocessing.config import PreprocessConfig
+from endofed.shared.preprocessing.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,9 @@ def get_detector(config: PreprocessConfig) -> Detector:
 def _load_optional() -> None:
     if "learned" not in _REGISTRY:
         try:  # registers itself on import
-            import shared.preprocessing.learned_overlay  # noqa: F401
+            import endofed.shared.preprocessing.learned_overlay  # noqa: F401
         except ModuleNotFoundError as exc:
-            if exc.name != "shared.preprocessing.learned_overlay":
+            if exc.name != "endofed.shared.preprocessing.learned_overlay":
                 raise
 
 

@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.data.sample import Sample
-from shared.preprocessing.config import PreprocessConfig
-from shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
-from shared.preprocessing.denoise import denoise
-from shared.preprocessing.overlay import Detector, OverlayBox, get_detector, masks_from_boxes
+from endofed.shared.data.sample import Sample
+from endofed.shared.preprocessing.config import PreprocessConfig
+from endofed.shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
+from endofed.shared.preprocessing.denoise import denoise
+from endofed.shared.preprocessing.overlay import (
+    Detector,
+    OverlayBox,
+    get_detector,
+    masks_from_boxes,
+)
 
 
 @dataclass

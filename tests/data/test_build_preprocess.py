@@ -1,9 +1,9 @@
 """Preprocessing runs transparently inside the dataset, through the site cache."""
 
-from shared.config import EndoFedConfig
-from shared.data.build import dataset_for, preprocess_config_for, sample_loader_for
-from shared.data.site import load_sample, scan_site
-from shared.data.synthetic import write_site
+from endofed.shared.build import dataset_for, preprocess_config_for, sample_loader_for
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.site import load_sample, scan_site
+from endofed.shared.data.synthetic import write_site
 
 
 def test_toggles_reach_the_pipeline_config():

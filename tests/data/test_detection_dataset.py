@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data import (
+from endofed.shared.data import (
     Batch,
     DetectionDataset,
     collate_detection,

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, to_tv_sample
+from endofed.shared.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transforms,
+    to_tv_sample,
+)
 
 S = 64
 

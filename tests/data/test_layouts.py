@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 
-from shared.data import SiteDataError, detect_layout, load_sample, scan_site
-from shared.data.layouts import scan_coco, scan_kvasir, scan_manifest
+from endofed.shared.data import SiteDataError, detect_layout, load_sample, scan_site
+from endofed.shared.data.layouts import scan_coco, scan_kvasir, scan_manifest
 
 
 def _by_stem(index):

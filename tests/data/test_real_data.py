@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data import DetectionDataset, load_sample, scan_site, split_records, summarize
+from endofed.shared.data import DetectionDataset, load_sample, scan_site, split_records, summarize
 
 
 def test_kvasir_seg(shared_data_dir):

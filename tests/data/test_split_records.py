@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data import SampleMeta, SampleRecord, split_records
+from endofed.shared.data import SampleMeta, SampleRecord, split_records
 
 
 def _rec(i: int, patient: str | None = None, lesion: bool = True, split: str | None = None):

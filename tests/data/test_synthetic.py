@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.data.synthetic import (
+from endofed.shared.data.synthetic import (
     MORPHOLOGIES,
     OVERLAY_TYPES,
     LesionConfig,
@@ -185,7 +185,7 @@ def test_write_site_is_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
 
 
 def test_written_site_reads_back_through_scan_site(tmp_path: Path) -> None:
-    site = pytest.importorskip("shared.data.site")
+    site = pytest.importorskip("endofed.shared.data.site")
     summary = write_site(tmp_path / "s", n_images=12, seed=0, site_index=0, size=64)
     index = site.scan_site(tmp_path / "s")
     assert index.report.problems == []

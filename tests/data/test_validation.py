@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data import load_sample, scan_site
+from endofed.shared.data import load_sample, scan_site
 
 
 def _reasons(index) -> dict[str, str]:
@@ -123,7 +123,7 @@ def test_manifest_missing_files_and_bad_boxes(tmp_path, frame, save_rgb):
 
 
 def test_problems_are_logged(messy_kvasir, caplog):
-    with caplog.at_level("WARNING", logger="shared.data"):
+    with caplog.at_level("WARNING", logger="endofed.shared.data"):
         scan_site(messy_kvasir)
     text = caplog.text
     assert "truncated.jpg" in text and "corrupt.png" in text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.data.synthetic import write_sites
+from endofed.shared.data.synthetic import write_sites
 
 
 @pytest.fixture

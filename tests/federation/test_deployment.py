@@ -14,8 +14,8 @@ import time
 import pandas as pd
 import pytest
 
-from simulations.federated import project_root
-from simulations.runtime import CONNECTION_NAME, LocalDeployment
+from endofed.simulations.federated import project_root
+from endofed.simulations.runtime import CONNECTION_NAME, LocalDeployment
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from simulations.federated import run_simulation
+from endofed.simulations.federated import run_simulation
 
 
 def test_epsilon_per_round_is_non_decreasing_and_within_target(tmp_path):

@@ -19,8 +19,8 @@ import pytest
 import torch
 from flwr.common.config import parse_config_args
 
-from simulations.federated import project_root
-from simulations.runtime import LocalDeployment
+from endofed.simulations.federated import project_root
+from endofed.simulations.runtime import LocalDeployment
 
 REPO = project_root()
 

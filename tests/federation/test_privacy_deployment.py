@@ -14,8 +14,8 @@ import json
 import pandas as pd
 import pytest
 
-from simulations.federated import project_root
-from simulations.runtime import LocalDeployment
+from endofed.simulations.federated import project_root
+from endofed.simulations.runtime import LocalDeployment
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from shared.model import build_model, trainable_state
-from simulations.federated import run_simulation
+from endofed.shared.model import build_model, trainable_state
+from endofed.simulations.federated import run_simulation
 
 # No augmentation so that each site's update is a deterministic function of the
 # global weights, whichever simulation actor runs it.

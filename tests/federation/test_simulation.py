@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from client.site import synthetic_site_dir
-from shared.config import EndoFedConfig
-from shared.data.build import loader_for, train_val_datasets
-from shared.data.labels import harmonize_labels
-from shared.data.site import scan_site
-from shared.engine import evaluate
-from shared.metrics import MetricAccumulator, flat_scalars
-from shared.model import load_model_checkpoint
-from simulations.federated import run_simulation
+from endofed.client.site import synthetic_site_dir
+from endofed.shared.build import loader_for, train_val_datasets
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.site import scan_site
+from endofed.shared.engine import evaluate
+from endofed.shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.model import load_model_checkpoint
+from endofed.simulations.federated import run_simulation
 
 RUN_CONFIG = {
     "preset": "tiny",

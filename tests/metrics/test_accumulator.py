@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from shared.data.collate import Batch
-from shared.metrics import MetricAccumulator, flat_scalars, state_to_arrays, sum_states
+from endofed.shared.data.collate import Batch
+from endofed.shared.metrics import MetricAccumulator, flat_scalars, state_to_arrays, sum_states
 
 
 def _acc(data, **kw) -> MetricAccumulator:

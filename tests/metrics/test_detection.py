@@ -10,8 +10,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from shared.metrics import MetricAccumulator
-from shared.metrics.detection import average_precision_from_histograms, greedy_match
+from endofed.shared.metrics import MetricAccumulator
+from endofed.shared.metrics.detection import average_precision_from_histograms, greedy_match
 
 
 def _coco_eval(eval_set) -> COCOeval:

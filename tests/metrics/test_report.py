@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared.metrics import (
+from endofed.shared.metrics import (
     MetricAccumulator,
     plot_metric_curves,
     plot_site_bars,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.metrics import MetricAccumulator, flat_scalars
 
 
 def test_dice_iou_hand_case() -> None:

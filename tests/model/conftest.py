@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data.collate import Batch
+from endofed.shared.data.collate import Batch
 
 
 @pytest.fixture(autouse=True)

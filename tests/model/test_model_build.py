@@ -7,7 +7,7 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from shared.model import PRESETS, build_model, get_preset
+from endofed.shared.model import PRESETS, build_model, get_preset
 
 HEAVY = ["r50x2", "r50x3", "r101x1", "r101x2", "r101x3", "r152x3"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from shared.model import build_model
+from endofed.shared.model import build_model
 
 
 def _dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ import math
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
-from shared.model import build_model, compute_loss, sigmoid_focal_loss, structure_loss
-from shared.model.loss import match_anchors
+from endofed.shared.model import build_model, compute_loss, sigmoid_focal_loss, structure_loss
+from endofed.shared.model.loss import match_anchors
 
 
 def test_focal_matches_torchvision_and_hand_values() -> None:
@@ -85,7 +85,7 @@ def test_structure_loss_orders_predictions() -> None:
 
 
 def test_boundary_weights_use_an_exact_box_mean() -> None:
-    from shared.model.loss import _box_mean
+    from endofed.shared.model.loss import _box_mean
 
     x = (torch.rand(2, 1, 40, 37, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     ref = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import torch
 from torchvision.ops import box_iou
 
-from shared.model import build_model, export_onnx, image_probabilities
+from endofed.shared.model import build_model, export_onnx, image_probabilities
 
 
 def _outputs(model, b: int = 1) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from shared.data.collate import Batch
-from shared.model import build_model
+from endofed.shared.data.collate import Batch
+from endofed.shared.model import build_model
 
 BOXES = [
     [(10, 10, 40, 50, 1)],

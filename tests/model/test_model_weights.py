@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from shared.model import (
+from endofed.shared.model import (
     build_model,
     load_model_checkpoint,
     load_trainable_state,
@@ -94,7 +94,7 @@ def test_vgg16_torchvision_weights_load(tmp_path, caplog) -> None:
     state = {f"features.{k}": v for k, v in features.state_dict().items()}
     state["classifier.0.weight"] = torch.zeros(4, 4)  # not used by SSD
     torch.save(state, tmp_path / "vgg16.pth")
-    with caplog.at_level(logging.INFO, logger="shared.model.weights"):
+    with caplog.at_level(logging.INFO, logger="endofed.shared.model.weights"):
         model = build_model(preset="paper", num_classes=1, weights_path=tmp_path / "vgg16.pth")
     assert "loaded 26 backbone tensors" in caplog.text
     torch.testing.assert_close(model.backbone.body.stage4[0].conv.weight, features[0].weight)
@@ -110,7 +110,7 @@ def test_resnet_torchvision_weights_skip_batchnorm(tmp_path, caplog) -> None:
     with torch.no_grad():
         ref.bn1.weight.fill_(3.0)
     torch.save(ref.state_dict(), tmp_path / "r50.pth")
-    with caplog.at_level(logging.INFO, logger="shared.model.weights"):
+    with caplog.at_level(logging.INFO, logger="endofed.shared.model.weights"):
         model = build_model(preset="r50x1", num_classes=2, image_size=128,
                             weights_path=tmp_path / "r50.pth", finetune="local")
     body = model.backbone.body
@@ -135,6 +135,6 @@ def test_unusable_weight_files_fail_clearly(tmp_path) -> None:
         wide = build_model(preset="r50x2", num_classes=1)
     wide.to_empty(device="cpu")
     with pytest.raises(ValueError, match="no tensor fits"):
-        from shared.model import load_backbone_weights
+        from endofed.shared.model import load_backbone_weights
 
         load_backbone_weights(wide, tmp_path / "r50.pth")

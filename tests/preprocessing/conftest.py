@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.data.sample import Sample, SampleMeta
+from endofed.shared.data.sample import Sample, SampleMeta
 
 
 def kvasir_like_frame(
@@ -67,7 +67,7 @@ def as_sample(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray | None = No
 @pytest.fixture
 def synthetic_frames():
     """Frames from the shared synthetic generator (with overlay ground truth)."""
-    from shared.data.synthetic import device_profile_for_site, render_frame
+    from endofed.shared.data.synthetic import device_profile_for_site, render_frame
 
     frames = []
     for i in range(100):

@@ -4,16 +4,16 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.data.site import scan_site
-from shared.data.synthetic import write_site
-from shared.preprocessing import (
+from endofed.shared.data.site import scan_site
+from endofed.shared.data.synthetic import write_site
+from endofed.shared.preprocessing import (
     PreprocessConfig,
     SiteCache,
     cached_loader,
     preprocess_sample,
     preprocess_site,
 )
-from shared.preprocessing.cache import _default_loader
+from endofed.shared.preprocessing.cache import _default_loader
 
 FAST = PreprocessConfig(wavelet_levels=1)
 
@@ -60,7 +60,7 @@ def test_cache_invalidated_by_file_change_and_version(site, tmp_path):
 
 
 def test_cached_loader_plugs_into_dataset(site, tmp_path):
-    from shared.data.dataset import DetectionDataset
+    from endofed.shared.data.dataset import DetectionDataset
 
     index = scan_site(site)
     cache = SiteCache(tmp_path / "cache", FAST)

@@ -1,7 +1,7 @@
 import json
 
 from endofed.cli import main
-from shared.data.synthetic import write_site
+from endofed.shared.data.synthetic import write_site
 
 
 def test_endofed_preprocess_command(tmp_path, capsys):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shared.preprocessing import PreprocessConfig, preprocess_sample
-from shared.preprocessing.crop import CropBox, apply_crop, best_rectangle, find_crop
+from endofed.shared.preprocessing import PreprocessConfig, preprocess_sample
+from endofed.shared.preprocessing.crop import CropBox, apply_crop, best_rectangle, find_crop
 
 from .conftest import as_sample, kvasir_like_frame
 

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from shared.preprocessing import PreprocessConfig, denoise, denoise_reference
+from endofed.shared.preprocessing import PreprocessConfig, denoise, denoise_reference
 
 
 def _clean(seed=0, size=128):
-    from shared.data.synthetic import render_frame
+    from endofed.shared.data.synthetic import render_frame
 
     return render_frame(np.random.default_rng(seed), size=size, overlays=False).image
 

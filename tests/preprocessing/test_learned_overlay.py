@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.preprocessing import PreprocessConfig, available_detectors, get_detector
-from shared.preprocessing.learned_overlay import (
+from endofed.shared.preprocessing import PreprocessConfig, available_detectors, get_detector
+from endofed.shared.preprocessing.learned_overlay import (
     CHECKPOINT_KIND,
     CLASS_NAMES,
     LearnedDetector,
@@ -15,7 +15,7 @@ from shared.preprocessing.learned_overlay import (
     overlay_recall,
     train_overlay_detector,
 )
-from shared.preprocessing.pipeline import preprocess_sample
+from endofed.shared.preprocessing.pipeline import preprocess_sample
 
 from .conftest import as_sample
 
@@ -71,7 +71,7 @@ def test_learned_detector_finds_border_and_panel(trained, fresh, tmp_path):
     assert rec["box"]["recall"] >= 0.5, rec
 
     # the same architecture, untrained, finds next to nothing
-    from shared.model import build_model, save_checkpoint
+    from endofed.shared.model import build_model, save_checkpoint
 
     untrained = build_model(preset="tiny", num_classes=len(CLASS_NAMES), image_size=IMAGE_SIZE)
     path = save_checkpoint(tmp_path / "untrained.pt", untrained, extra={
@@ -104,7 +104,7 @@ def test_missing_file_clear_error(tmp_path):
 
 
 def test_not_an_overlay_checkpoint(tmp_path):
-    from shared.model import build_model, save_checkpoint
+    from endofed.shared.model import build_model, save_checkpoint
 
     lesion = save_checkpoint(tmp_path / "lesion.pt",
                              build_model(preset="tiny", num_classes=1, image_size=64))

@@ -3,7 +3,12 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from shared.preprocessing import ClassicalDetector, OverlayBox, PreprocessConfig, get_detector
+from endofed.shared.preprocessing import (
+    ClassicalDetector,
+    OverlayBox,
+    PreprocessConfig,
+    get_detector,
+)
 
 from .conftest import kvasir_like_frame
 

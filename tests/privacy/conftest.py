@@ -46,7 +46,7 @@ def dp_run_config() -> dict[str, Any]:
 @pytest.fixture
 def make_runtime(dp_site_dir: Path, dp_run_config: dict[str, Any], tmp_path: Path):
     """``make_runtime(**run_overrides)``: a fresh SiteRuntime (a new SuperNode process)."""
-    from client.runtime import build_site_runtime
+    from endofed.client.runtime import build_site_runtime
 
     def make(**overrides: Any):
         run = {**dp_run_config, **overrides}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from privacy.audit import membership_inference_audit, write_audit_markdown
-from shared.config import EndoFedConfig
-from shared.data.build import dataset_for, loader_for
-from shared.data.labels import harmonize_labels
-from shared.data.site import scan_site
-from shared.data.synthetic import write_site
-from shared.engine import Trainer
-from shared.model import build_model
+from endofed.privacy.audit import membership_inference_audit, write_audit_markdown
+from endofed.shared.build import dataset_for, loader_for
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.site import scan_site
+from endofed.shared.data.synthetic import write_site
+from endofed.shared.engine import Trainer
+from endofed.shared.model import build_model
 
 
 def test_overfitted_model_leaks_membership_and_fresh_model_does_not(tmp_path):
@@ -42,7 +42,7 @@ def test_audit_command_skips_a_site_it_cannot_audit(tmp_path):
     import subprocess
     import sys
 
-    from shared.model import save_checkpoint
+    from endofed.shared.model import save_checkpoint
 
     run_dir = tmp_path / "run"
     run_config = {"preset": "tiny", "image-size": 64, "val-fraction": 0.25, "threads": 1}

@@ -16,7 +16,7 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from endofed.cli import main
-from privacy.certs import generate_certificates, load_bundle
+from endofed.privacy.certs import generate_certificates, load_bundle
 
 
 def _cert(path: Path) -> x509.Certificate:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from client.training import BudgetExhausted, local_train
-from privacy.accounting import compute_epsilon
-from privacy.dp import get_dp_site, poisson_sample_rate, poisson_steps_per_epoch
-from shared.data.collate import Batch
-from shared.engine import Trainer
-from shared.model import trainable_state
+from endofed.client.training import BudgetExhausted, local_train
+from endofed.privacy.accounting import compute_epsilon
+from endofed.privacy.dp import get_dp_site, poisson_sample_rate, poisson_steps_per_epoch
+from endofed.shared.data.collate import Batch
+from endofed.shared.engine import Trainer
+from endofed.shared.model import trainable_state
 
 
 def _weights(rt) -> dict[str, np.ndarray]:
@@ -168,7 +168,7 @@ def test_noise_cannot_be_regenerated_from_the_run_config(make_runtime, tmp_path)
 def test_secure_rng_without_torchcsprng_fails_fast(dp_run_config) -> None:
     import importlib.util
 
-    from shared.config import ConfigError, EndoFedConfig
+    from endofed.shared.config import ConfigError, EndoFedConfig
 
     if importlib.util.find_spec("torchcsprng") is not None:
         pytest.skip("torchcsprng is installed here")
@@ -264,10 +264,10 @@ def test_batch_memory_manager_round_counts_logical_steps(make_runtime) -> None:
 def test_delta_not_below_one_over_n_is_warned(make_runtime, caplog) -> None:
     import logging
 
-    with caplog.at_level(logging.WARNING, logger="privacy.dp"):
+    with caplog.at_level(logging.WARNING, logger="endofed.privacy.dp"):
         get_dp_site(make_runtime(**{"dp-delta": 0.2}))  # six images: 1/N = 0.167
     assert any("1/N" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="privacy.dp"):
+    with caplog.at_level(logging.WARNING, logger="endofed.privacy.dp"):
         get_dp_site(make_runtime())
     assert not any("1/N" in r.getMessage() for r in caplog.records)

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from opacus.accountants.utils import get_noise_multiplier
 
-from privacy.accounting import (
+from endofed.privacy.accounting import (
     PrivacyBudgetError,
     calibrate_noise_multiplier,
     compress_history,
     compute_epsilon,
 )
-from privacy.ledger import LedgerError, PrivacyLedger, default_state_root, ledger_path
-from shared.config import EndoFedConfig
+from endofed.privacy.ledger import LedgerError, PrivacyLedger, default_state_root, ledger_path
+from endofed.shared.config import EndoFedConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DELTA = 1e-5
@@ -133,7 +133,7 @@ def test_crashed_round_keeps_its_charge(tmp_path: Path) -> None:
     _ledger(path)
     code = textwrap.dedent(f"""
         import os
-        from privacy.ledger import PrivacyLedger
+        from endofed.privacy.ledger import PrivacyLedger
         led = PrivacyLedger({str(path)!r}, site="a", epsilon_target=8.0, delta={DELTA},
                             accountant="rdp")
         led.reserve(run="r", round=1, noise_multiplier=1.0, sample_rate=0.5, steps=4)
@@ -185,8 +185,8 @@ def test_concurrent_writers_cannot_overspend(tmp_path: Path) -> None:
     _ledger(path, target=target)
     code = textwrap.dedent(f"""
         import sys
-        from privacy.accounting import PrivacyBudgetError
-        from privacy.ledger import PrivacyLedger
+        from endofed.privacy.accounting import PrivacyBudgetError
+        from endofed.privacy.ledger import PrivacyLedger
         led = PrivacyLedger({str(path)!r}, site="a", epsilon_target={target!r},
                             delta={DELTA}, accountant="rdp")
         try:
@@ -233,7 +233,7 @@ def test_ledger_summary_and_cli(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from privacy.ledger import read_ledger_summary
+    from endofed.privacy.ledger import read_ledger_summary
 
     path = tmp_path / "state" / "a" / "privacy-ledger.json"
     ledger = _ledger(path, target=4.0)

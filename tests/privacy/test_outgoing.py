@@ -23,11 +23,16 @@ from flwr.clientapp import ClientApp
 from flwr.common import ndarray_to_bytes
 from flwr.common.constant import ErrorCode
 
-import client.app as client_app
-from client.runtime import get_site_runtime
-from privacy.outgoing import OutgoingViolation, audit_content, outgoing_audit_mod, policy_for
-from shared.metrics.accumulator import MetricAccumulator
-from shared.model import trainable_state
+import endofed.client.app as client_app
+from endofed.client.runtime import get_site_runtime
+from endofed.privacy.outgoing import (
+    OutgoingViolation,
+    audit_content,
+    outgoing_audit_mod,
+    policy_for,
+)
+from endofed.shared.metrics.accumulator import MetricAccumulator
+from endofed.shared.model import trainable_state
 
 RUN_CONFIG: dict[str, Any] = {
     "preset": "tiny",
@@ -115,7 +120,7 @@ def test_injected_image_tensor_is_refused(context: Context, caplog) -> None:
         content["arrays"]["debug-frame"] = Array(image)
 
     app = _audited(train=_tamper(client_app.train, add_image))
-    with caplog.at_level("ERROR", logger="privacy.outgoing"):
+    with caplog.at_level("ERROR", logger="endofed.privacy.outgoing"):
         reason = _refusal(app(_incoming(context, "train"), context))
     assert "debug-frame" in reason and "not a trainable weight" in reason
     assert any("debug-frame" in r.getMessage() for r in caplog.records)

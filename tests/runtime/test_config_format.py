@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from simulations.flwr_home import (
+from endofed.simulations.flwr_home import (
     SuperLinkConnection,
     format_run_config,
     toml_value,
     write_config_toml,
     write_flower_config,
 )
-from simulations.runtime import simulation_federation_config
+from endofed.simulations.runtime import simulation_federation_config
 
 
 def test_toml_value_scalars() -> None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from simulations.process_tree import marked_processes, spawn, stop_all
+from endofed.shared.util.processes import marked_processes, spawn, stop_all
 
 
 def running(pid: int) -> bool:

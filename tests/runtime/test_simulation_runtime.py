@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.runtime import FlowerRunError, FlowerRunTimeout, LocalSimulationRuntime
+from endofed.simulations.runtime import FlowerRunError, FlowerRunTimeout, LocalSimulationRuntime
 
 
 def expected_fedavg(num_nodes: int, rounds: int, delta: float = 1.0) -> float:

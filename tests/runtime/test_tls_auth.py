@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from privacy.certs import CertBundle, generate_certificates
-from simulations.runtime import FlowerRunError, LocalDeployment
+from endofed.privacy.certs import CertBundle, generate_certificates
+from endofed.simulations.runtime import FlowerRunError, LocalDeployment
 
 
 @pytest.fixture(scope="module")

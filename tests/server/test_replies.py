@@ -13,7 +13,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from server.replies import screen_train_replies
+from endofed.server.replies import screen_train_replies
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 

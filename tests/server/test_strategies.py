@@ -9,8 +9,8 @@ from flwr.serverapp.strategy import (
     FedProx,
 )
 
-from server.strategies import STRATEGIES, build_strategy
-from shared.config import ConfigError, EndoFedConfig
+from endofed.server.strategies import STRATEGIES, build_strategy
+from endofed.shared.config import ConfigError, EndoFedConfig
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

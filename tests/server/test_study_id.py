@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.loop import STUDY_FILE, study_id
-from shared.config import ConfigError
+from endofed.server.loop import STUDY_FILE, study_id
+from endofed.shared.config import ConfigError
 
 
 def test_study_id_is_stable_per_run_dir_and_unique_across(tmp_path):

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from endofed.cli import main as cli_main
-from shared.data.labels import harmonize_labels
-from shared.data.site import load_sample, scan_site
-from simulations.experiment import (
+from endofed.shared.data.labels import harmonize_labels
+from endofed.shared.data.site import load_sample, scan_site
+from endofed.simulations.experiment import (
     ExperimentError,
     ExperimentSpec,
     flower_site_names,
@@ -204,9 +204,9 @@ def test_arm_and_dp_parsing():
 def test_holdout_hospital_is_evaluated_on_all_its_images_outside_the_pool(tmp_path):
     import torch
 
-    from shared.data.synthetic import write_site
-    from shared.model import build_model
-    from simulations.experiment import SiteEvaluator
+    from endofed.shared.data.synthetic import write_site
+    from endofed.shared.model import build_model
+    from endofed.simulations.experiment import SiteEvaluator
 
     holdout_dir = tmp_path / "holdout"
     write_site(holdout_dir, n_images=5, seed=7, site_index=5, size=(128, 128))
@@ -226,7 +226,7 @@ def test_holdout_hospital_is_evaluated_on_all_its_images_outside_the_pool(tmp_pa
 
 
 def test_utility_vs_epsilon_plot_only_with_dp_runs(tmp_path):
-    from simulations.experiment import write_plots
+    from endofed.simulations.experiment import write_plots
 
     def rows(arm, dp, map50):
         return [{"arm": arm, "dp": dp, "seed": 0, "model": "global", "eval_site": site,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.sample import SampleRecord, image_label
+from endofed.shared.data.sample import SampleRecord, image_label
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""From configuration to datasets and loaders (one place for central and federated runs)."""
+"""From configuration to model, datasets and loaders (one place for every entry point)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from shared.config import EndoFedConfig
-from shared.data.dataset import DetectionDataset, make_loader
-from shared.data.sample import Sample, SampleRecord
-from shared.data.site import load_sample
-from shared.data.split import split_records
+from endofed.shared.config import EndoFedConfig
+from endofed.shared.data.dataset import DetectionDataset, make_loader
+from endofed.shared.data.sample import Sample, SampleRecord
+from endofed.shared.data.site import load_sample
+from endofed.shared.data.split import split_records
+from endofed.shared.model import ImprovedSSD, build_model
+from endofed.shared.preprocessing import PreprocessConfig, SiteCache, cached_loader
 
 
-def preprocess_config_for(cfg: EndoFedConfig):
-    """The site's :class:`shared.preprocessing.PreprocessConfig` from the run/node config."""
-    from shared.preprocessing import PreprocessConfig
-
+def preprocess_config_for(cfg: EndoFedConfig) -> PreprocessConfig:
+    """The site's :class:`~endofed.shared.preprocessing.PreprocessConfig` from the config."""
     p = cfg.preprocess
     return PreprocessConfig(
         detect_overlays=p.preprocess_crop or p.preprocess_inpaint,
@@ -43,8 +43,6 @@ def sample_loader_for(cfg: EndoFedConfig) -> Callable[[SampleRecord], Sample]:
     site enables preprocessing, so a round never redoes it."""
     if not cfg.preprocess.preprocess:
         return load_sample
-    from shared.preprocessing import SiteCache, cached_loader
-
     return cached_loader(SiteCache(preprocess_cache_dir(cfg), preprocess_config_for(cfg)))
 
 
@@ -87,10 +85,8 @@ def loader_for(dataset: DetectionDataset, cfg: EndoFedConfig, *, shuffle: bool) 
     )
 
 
-def model_for(cfg: EndoFedConfig):
+def model_for(cfg: EndoFedConfig) -> ImprovedSSD:
     """The improved SSD the run's config describes (preset, classes, size, weights, mode)."""
-    from shared.model import build_model
-
     return build_model(
         preset=cfg.model.preset,
         num_classes=len(cfg.data.class_names),

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data.sample import SampleMeta, SampleRecord
-from simulations.partition import (
+from endofed.shared.data.partition import (
     PARTITIONERS,
     PartitionError,
     label_counts,
@@ -17,6 +16,7 @@ from simulations.partition import (
     partition_dirichlet,
     partition_iid,
 )
+from endofed.shared.data.sample import SampleMeta, SampleRecord
 
 NUM_CLASSES = 3
 
