@@ -1,0 +1,79 @@
+"""EndoFedConfig: every section together, built from a Flower run config + node config.
+
+The run config (the coordinator's) is read first and the node config (the site's)
+overrides it; at a deployed site the trust policy
+(:func:`~endofed.shared.config.trust.site_owned_run_config`) first drops the run-config
+keys the site owns. Each section takes the keys it declares and ignores the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from endofed.shared.config.coercion import section_from_mapping, section_to_mapping
+from endofed.shared.config.privacy import PrivacyConfig
+from endofed.shared.config.sections import (
+    DataConfig,
+    FederationConfig,
+    ModelConfig,
+    PreprocessConfigRef,
+    SiteConfig,
+    TrainConfig,
+)
+from endofed.shared.config.trust import site_owned_run_config
+
+
+@dataclass(frozen=True)
+class EndoFedConfig:
+    """All sections together; the single object passed down the call chain.
+
+    Its fields are the one list of sections (in the order they are built and checked).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    preprocess: PreprocessConfigRef = field(default_factory=PreprocessConfigRef)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EndoFedConfig:
+        """Build every section from one flat kebab-case mapping."""
+        sections = typing.get_type_hints(cls)
+        kwargs = {
+            f.name: section_from_mapping(sections[f.name], values)
+            for f in dataclasses.fields(cls)
+        }
+        return cls(**kwargs)
+
+    @classmethod
+    def from_flower(
+        cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
+    ) -> EndoFedConfig:
+        """Run config first, node config (site-specific) overrides it.
+
+        At a deployed site (node config without ``partition-id``) the hospital's own
+        settings are protected from the coordinator's run config (see
+        :func:`site_owned_run_config`).
+        """
+        node = dict(node_config or {})
+        merged = dict(run_config)
+        if node and "partition-id" not in node:
+            merged = site_owned_run_config(merged, node)
+        merged.update(node)
+        return cls.from_mapping(merged)
+
+    def to_mapping(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            out.update(section_to_mapping(getattr(self, f.name)))
+        return out
+
+    def replace(self, **sections: Any) -> EndoFedConfig:
+        return dataclasses.replace(self, **sections)
