@@ -1,6 +1,16 @@
 """Additive evaluation metrics: sum per-site states, compute exact global metrics.
 
-See :mod:`shared.metrics.accumulator` for the definitions of every metric.
+See :mod:`endofed.shared.metrics.accumulator` for the definitions of every metric.
+
+* :mod:`.accumulator` — :class:`MetricAccumulator`: validates a batch, counts it into
+  the state, assembles :meth:`~MetricAccumulator.compute`;
+* :mod:`.state` — the additive state: layout (keys, shapes, dtypes), merge, sums;
+* :mod:`.inputs` — validation of ``update()`` inputs;
+* :mod:`.detection_counts`, :mod:`.classification_counts`, :mod:`.localization`,
+  :mod:`.segmentation_counts` — each family's counts in the state and its metrics;
+* :mod:`.detection`, :mod:`.classification`, :mod:`.segmentation` — the math
+  (matching, AP, AUC, Dice) on plain arrays;
+* :mod:`.scalars` — :func:`flat_scalars`; :mod:`.report` — files and figures.
 """
 
 from endofed.shared.metrics.accumulator import (

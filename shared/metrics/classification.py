@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Name of image class ``0`` (no lesion).
+NORMAL_NAME = "normal"
+
 
 def _safe_div(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
