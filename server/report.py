@@ -13,6 +13,7 @@ from endofed.shared.metrics.report import (
     plot_site_bars,
     write_evaluation_report,
 )
+from endofed.shared.util.tables import dataframe_table
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +26,6 @@ def _latest_round_metrics(run_dir: Path) -> tuple[int, dict] | None:
         return None
     path = files[-1]
     return int(path.stem.split("_")[1]), json.loads(path.read_text())
-
-
-def _markdown_table(df: pd.DataFrame, float_fmt: str = "{:.4f}") -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(float_fmt.format(v) if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def render_run_report(run_dir: Path) -> Path:
@@ -63,7 +52,7 @@ def render_run_report(run_dir: Path) -> Path:
                              "specificity", "train-loss", "epsilon-spent", "epsilon-target")
                  if c in sites.columns]
     if not sites.empty and site_cols:
-        sections["Per-site metrics (last round)"] = _markdown_table(
+        sections["Per-site metrics (last round)"] = dataframe_table(
             sites[["site"] + site_cols].reset_index(drop=True)
         )
         bar_metric = next((m for m in ("map50", "dice", "auc") if m in sites.columns), None)
@@ -80,7 +69,7 @@ def render_run_report(run_dir: Path) -> Path:
                 df[df["site"] != "global"], ["epsilon-spent"], run_dir / "epsilon.png"
             )
             sections["Privacy: epsilon spent per site"] = (
-                _markdown_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"
+                dataframe_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"
             )
 
     for extra, heading in (("audit.md", "Privacy audit (membership inference)"),

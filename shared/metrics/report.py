@@ -1,8 +1,10 @@
 """Evaluation reports: ``metrics.json``, ``report.md`` and PNG plots.
 
-Plots use matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`
-rendered by the Agg canvas), so nothing touches pyplot's global state or needs a
-display; this is safe inside Flower server/client processes and threads.
+Plots use matplotlib's object-oriented API (figures from
+:func:`endofed.shared.util.figures.new_figure`, bound to the Agg canvas), so nothing
+touches pyplot's global state or needs a display; this is safe inside Flower
+server/client processes and threads. Tables are
+:func:`endofed.shared.util.tables.markdown_table` (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from endofed.shared.util.figures import new_figure, save_figure
+from endofed.shared.util.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -87,25 +90,6 @@ def _pct(value: Any) -> str:
     return f"{100 * f:.2f}%" if math.isfinite(f) else "n/a"
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; cells are converted with ``str``."""
-
-    def line(cells: Sequence[Any]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    out = [line(headers), "|" + "|".join(["---"] * len(headers)) + "|"]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
-
-
-def _save(fig: Figure, out_png: Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out_png, dpi=110, bbox_inches="tight")
-    return out_png
-
-
 def _no_data(ax: Any, message: str = "no data") -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
@@ -115,7 +99,7 @@ def _no_data(ax: Any, message: str = "no data") -> None:
 # ----------------------------------------------------------------- eval plots
 def plot_roc(metrics: Mapping[str, Any], out_png: Path) -> Path:
     """One-vs-rest ROC curve per image class (from ``metrics["roc"]``)."""
-    fig = Figure(figsize=(5.5, 5))
+    fig = new_figure(figsize=(5.5, 5))
     ax = fig.subplots()
     roc = metrics.get("roc") or {}
     if not roc:
@@ -132,14 +116,14 @@ def plot_roc(metrics: Mapping[str, Any], out_png: Path) -> Path:
         ax.set_ylabel("True positive rate")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title("ROC (one-vs-rest)")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_confusion_matrix(metrics: Mapping[str, Any], out_png: Path) -> Path:
     """Confusion matrix heat map: row-normalised colour, counts and row % in cells."""
     cm = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.float64)
     names = list(metrics.get("class_names") or [str(i) for i in range(len(cm))])
-    fig = Figure(figsize=(1.2 * max(len(names), 2) + 2.5, 1.1 * max(len(names), 2) + 1.5))
+    fig = new_figure(figsize=(1.2 * max(len(names), 2) + 2.5, 1.1 * max(len(names), 2) + 1.5))
     ax = fig.subplots()
     if cm.size == 0 or cm.sum() == 0:
         _no_data(ax)
@@ -165,7 +149,7 @@ def plot_confusion_matrix(metrics: Mapping[str, Any], out_png: Path) -> Path:
         ax.set_xlabel("Predicted")
         ax.set_ylabel("True")
     ax.set_title("Confusion matrix")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _loc_groups(loc: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -180,7 +164,7 @@ def plot_localization(metrics: Mapping[str, Any], out_png: Path) -> Path:
     loc = metrics.get("localization") or {}
     thresholds = [float(t) for t in loc.get("thresholds") or []]
     groups = [(n, row) for n, row in _loc_groups(loc) if int(row.get("total", 0)) > 0]
-    fig = Figure(figsize=(1.6 * max(len(groups), 2) + 2.5, 4))
+    fig = new_figure(figsize=(1.6 * max(len(groups), 2) + 2.5, 4))
     ax = fig.subplots()
     if not groups or not thresholds:
         _no_data(ax, "no ground-truth lesions")
@@ -198,7 +182,7 @@ def plot_localization(metrics: Mapping[str, Any], out_png: Path) -> Path:
         ax.set_ylabel("Share of lesions localised")
         ax.legend(fontsize=8, ncols=min(len(thresholds), 4), loc="upper right")
     ax.set_title("Localisation by morphology")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _share(row: Mapping[str, Any], t: float) -> float:
@@ -346,7 +330,7 @@ def plot_metric_curves(df: Any, metrics: Sequence[str], out_png: Path) -> Path:
     n = max(len(metrics), 1)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows))
+    fig = new_figure(figsize=(4.2 * ncols, 3.2 * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     groups = list(df.groupby("site", sort=True)) if "site" in df.columns else [("all", df)]
     for ax, metric in zip(axes, metrics):
@@ -368,7 +352,7 @@ def plot_metric_curves(df: Any, metrics: Sequence[str], out_png: Path) -> Path:
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_site_bars(df: Any, metric: str, out_png: Path) -> Path:
@@ -382,7 +366,7 @@ def plot_site_bars(df: Any, metric: str, out_png: Path) -> Path:
     if "round" in data.columns:
         data = data.sort_values("round").groupby("site", sort=True).tail(1)
     data = data.sort_values("site")
-    fig = Figure(figsize=(max(4.0, 0.9 * len(data) + 2), 3.6))
+    fig = new_figure(figsize=(max(4.0, 0.9 * len(data) + 2), 3.6))
     ax = fig.subplots()
     if data.empty:
         _no_data(ax)
@@ -395,4 +379,4 @@ def plot_site_bars(df: Any, metric: str, out_png: Path) -> Path:
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"{metric} per site")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 
 def format_cell(value: Any, float_fmt: str = "{:.4f}") -> str:
-    """A cell's text: floats through ``float_fmt`` (NaN as ``n/a``), ``|`` escaped."""
-    if isinstance(value, float):
-        text = "n/a" if math.isnan(value) else float_fmt.format(value)
+    """A cell's text: floats through ``float_fmt`` (NaN as ``n/a``), ``|`` escaped.
+
+    "Float" is any real, non-integral number type (``float``, ``numpy.float32`` ...);
+    ints, bools and strings are written with ``str``.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        text = "n/a" if math.isnan(value) else float_fmt.format(float(value))
     else:
         text = str(value)
     return text.replace("|", "\\|").replace("\n", " ")
