@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -67,8 +68,13 @@ def worker(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from endofed.privacy.dp import make_poisson_loader
+    from endofed.privacy.sampling import (
+        make_poisson_loader,
+        poisson_sample_rate,
+        poisson_steps_per_epoch,
+    )
     from endofed.shared.config import TrainConfig
+    from endofed.shared.data.collate import collate_detection
     from endofed.shared.engine import Trainer, build_optimizer, resolve_device
     from endofed.shared.model import build_model
 
@@ -79,9 +85,12 @@ def worker(args: argparse.Namespace) -> dict:
     args.image_size = int(args.image_size)
     model = build_model(preset=args.preset, num_classes=1, image_size=args.image_size).to(device)
     items = _synthetic_items(args.steps * args.batch_size, args.image_size, max_boxes, seed=1)
-    loader = make_poisson_loader(items, batch_size=args.batch_size, image_size=args.image_size,
-                                 max_boxes=max_boxes,
-                                 generator=torch.Generator().manual_seed(2))
+    rate = poisson_sample_rate(poisson_steps_per_epoch(len(items), args.batch_size))
+    loader = make_poisson_loader(
+        items, sample_rate=rate, generator=torch.Generator().manual_seed(2),
+        collate_fn=functools.partial(collate_detection, image_size=args.image_size,
+                                     max_boxes=max_boxes),
+    )
     cfg = TrainConfig(amp=False, grad_clip=0.0, lr_schedule="constant")
     optimizer = build_optimizer(model.parameters(), cfg)
     on_empty = None

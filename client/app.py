@@ -18,15 +18,12 @@ from endofed.client.secure import (
     legacy_train_reply,
     secagg_when_requested,
 )
-from endofed.client.training import BudgetExhausted, local_evaluate, local_train
+from endofed.client.training import local_evaluate, local_train
+from endofed.privacy.accounting import PrivacyBudgetError
 from endofed.privacy.outgoing import outgoing_audit_mod
+from endofed.shared import protocol
 
 log = logging.getLogger(__name__)
-
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
-SITE_KEY = "site"
-STATE_KEY = "metric-state"
 
 app = ClientApp(mods=[outgoing_audit_mod])  # every reply is audited before it leaves
 
@@ -36,7 +33,7 @@ def _arrays(record: ArrayRecord) -> dict:
 
 
 def _site_record(name: str) -> ConfigRecord:
-    return ConfigRecord({"site-name": name})
+    return ConfigRecord({protocol.SITE_NAME: name})
 
 
 @app.train(mods=[secagg_when_requested, central_dp_when_requested])
@@ -47,24 +44,28 @@ def train(msg: Message, context: Context) -> Message:
         return legacy_train_reply(
             msg, rt.model.trainable_names(), lambda arrays, cfg: local_train(rt, arrays, cfg)
         )
-    config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    records = msg.content.config_records
+    config = dict(records[protocol.CONFIG]) if protocol.CONFIG in records else {}
     try:
-        state, metrics = local_train(rt, _arrays(msg.content[ARRAYS_KEY]), config)
-    except BudgetExhausted as exc:
+        state, metrics = local_train(rt, _arrays(msg.content[protocol.ARRAYS]), config)
+    except PrivacyBudgetError as exc:
         # An explicit refusal, not an error: the server logs it and goes on without us.
-        log.warning("site %s declines round %s: %s", rt.name, config.get("server-round"), exc)
+        log.warning("site %s declines round %s: %s", rt.name,
+                    config.get(protocol.SERVER_ROUND), exc)
+        declined = {protocol.DECLINED: 1, protocol.NUM_EXAMPLES: 0,
+                    protocol.EPSILON_SPENT: exc.spent, protocol.EPSILON_TARGET: exc.target}
         content = RecordDict(
             {
-                METRICS_KEY: MetricRecord({"declined": 1, "num-examples": 0, **exc.metrics}),
-                SITE_KEY: _site_record(rt.name),
+                protocol.METRICS: MetricRecord(declined),
+                protocol.SITE: _site_record(rt.name),
             }
         )
         return Message(content=content, reply_to=msg)
     content = RecordDict(
         {
-            ARRAYS_KEY: ArrayRecord({k: Array(v) for k, v in state.items()}),
-            METRICS_KEY: MetricRecord(metrics),
-            SITE_KEY: _site_record(rt.name),
+            protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
+            protocol.METRICS: MetricRecord(metrics),
+            protocol.SITE: _site_record(rt.name),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -74,12 +75,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model; reply with additive metric sums only."""
     rt = get_site_runtime(context.run_config, context.node_config)
-    state, n = local_evaluate(rt, _arrays(msg.content[ARRAYS_KEY]))
+    state, n = local_evaluate(rt, _arrays(msg.content[protocol.ARRAYS]))
     content = RecordDict(
         {
-            STATE_KEY: ArrayRecord({k: Array(v) for k, v in state.items()}),
-            METRICS_KEY: MetricRecord({"num-examples": n}),
-            SITE_KEY: _site_record(rt.name),
+            protocol.METRIC_STATE: ArrayRecord({k: Array(v) for k, v in state.items()}),
+            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: n}),
+            protocol.SITE: _site_record(rt.name),
         }
     )
     return Message(content=content, reply_to=msg)

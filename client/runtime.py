@@ -6,13 +6,15 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from endofed.client.site import SiteData, resolve_site
+from endofed.privacy.dp import DPEngine
+from endofed.privacy.ledger import PrivacyLedger
 from endofed.shared.build import loader_for, model_for, train_val_datasets
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.data.dataset import DetectionDataset
@@ -31,7 +33,8 @@ class SiteRuntime:
     model: torch.nn.Module
     train_set: DetectionDataset
     val_set: DetectionDataset
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. the privacy engine
+    dp_engine: DPEngine | None = None  # the site's Opacus objects, built in its first DP round
+    ledger: PrivacyLedger | None = None  # the site's privacy ledger, opened on first use
 
     @property
     def name(self) -> str:

@@ -4,7 +4,7 @@
 carry the SecAgg+ protocol record, so the same ClientApp serves plain and secure
 runs. In the masked-vector stage the mod calls the ClientApp with a legacy ``FitIns``
 message and expects a legacy ``FitRes`` reply: :func:`legacy_train_reply` adapts the
-one training path (:func:`client.training.local_train`) to that format.
+one training path (:func:`endofed.client.training.local_train`) to that format.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
 
-LEGACY_PARAMETERS_KEY = "fitins.parameters"
+from endofed.shared import protocol
 
 
 def secagg_when_requested(
@@ -33,7 +34,7 @@ def secagg_when_requested(
 
 def is_legacy_train(msg: Message) -> bool:
     """True for the legacy ``FitIns`` message of the SecAgg+ masked-vector stage."""
-    return LEGACY_PARAMETERS_KEY in msg.content.array_records
+    return protocol.LEGACY_FITINS_PARAMETERS in msg.content.array_records
 
 
 def legacy_train_reply(
@@ -52,7 +53,7 @@ def legacy_train_reply(
     fitres = FitRes(
         status=Status(code=Code.OK, message="ok"),
         parameters=ndarrays_to_parameters([state[n] for n in names]),
-        num_examples=int(metrics.get("num-examples", 0)),
+        num_examples=int(metrics.get(protocol.NUM_EXAMPLES, 0)),
         metrics={k: float(v) for k, v in metrics.items()},
     )
     return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
@@ -66,11 +67,8 @@ def central_dp_when_requested(
     The ``client-fixed`` / ``client-adaptive`` strategy wrappers put a clipping norm
     into the train config; only then is the update clipped by Flower's mod.
     """
-    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-
-    config = msg.content.config_records.get("config") if msg.has_content() else None
-    if config is None or KEY_CLIPPING_NORM not in config:
+    config = msg.content.config_records.get(protocol.CONFIG) if msg.has_content() else None
+    if config is None or protocol.CLIPPING_NORM not in config:
         return call_next(msg, context)
     adaptive = str(context.run_config.get("central-dp", "")) == "client-adaptive"
     mod = adaptiveclipping_mod if adaptive else fixedclipping_mod

@@ -1,67 +1,32 @@
 """Local training and evaluation of one round at a site (the single code path).
 
-Differential privacy plugs in through :data:`TRAINER_FACTORIES`: the privacy layer
-registers a factory that wraps model, optimiser and loader with Opacus and returns
-the same :class:`~shared.engine.Trainer`; nothing else changes.
+Without DP the site trains its model with the shared :class:`Trainer`; with DP
+(``dp-epsilon`` > 0) it asks :func:`endofed.privacy.dp.make_private` for the Opacus
+module, optimiser and Poisson loader of the round and trains those with the same
+:class:`Trainer`. A round the privacy budget does not allow raises
+:class:`~endofed.privacy.accounting.PrivacyBudgetError` before any step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from endofed.client.runtime import SiteRuntime
+from endofed.privacy.dp import StudyPlan, make_private
+from endofed.privacy.ledger import PrivacyLedger, ledger_path
+from endofed.privacy.reply_policy import private_reply_metrics
+from endofed.shared import protocol
 from endofed.shared.engine import Trainer, evaluate
 from endofed.shared.metrics import MetricAccumulator
 from endofed.shared.model import load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
-
-class BudgetExhausted(RuntimeError):
-    """The site's next round would exceed its privacy budget: it declines to train.
-
-    ``metrics`` (e.g. ``epsilon-spent``, ``epsilon-target``) go into the decline reply.
-    """
-
-    def __init__(self, message: str, metrics: dict[str, float] | None = None) -> None:
-        super().__init__(message)
-        self.metrics = dict(metrics or {})
-
-
-# (runtime, round config) -> (trainer, loader, extra reply metrics callback)
-TrainerFactory = Callable[
-    [SiteRuntime, Mapping[str, Any]],
-    tuple[Trainer, Any, Callable[[], dict[str, float]]],
-]
-
-
-def plain_trainer(
-    rt: SiteRuntime, round_config: Mapping[str, Any]
-) -> tuple[Trainer, Any, Callable[[], dict[str, float]]]:
-    """Non-private local training (optionally FedProx when the server sends a mu)."""
-    train_cfg = rt.cfg.train
-    mu = float(round_config.get("proximal-mu", 0.0) or 0.0)
-    if mu > 0:
-        train_cfg = dataclasses.replace(train_cfg, proximal_mu=mu)
-    trainer = Trainer(rt.model, train_cfg, device=rt.device, progress=False)
-    if mu > 0:
-        trainer.set_proximal_reference()
-    return trainer, rt.train_loader(), dict
-
-
-TRAINER_FACTORIES: dict[str, TrainerFactory] = {"plain": plain_trainer}
-
-#: Trainer metrics a DP site still reports: wall-clock only, nothing computed from images.
-DP_SAFE_METRICS = frozenset({"train-seconds"})
-
-
-def trainer_kind(rt: SiteRuntime) -> str:
-    return "dp" if rt.cfg.privacy.enabled else "plain"
 
 
 def load_global(rt: SiteRuntime, arrays: Mapping[str, np.ndarray]) -> None:
@@ -69,28 +34,72 @@ def load_global(rt: SiteRuntime, arrays: Mapping[str, np.ndarray]) -> None:
     load_trainable_state(rt.model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
 
 
+def site_ledger(rt: SiteRuntime) -> PrivacyLedger:
+    """The site's persistent privacy ledger (opened once per process)."""
+    if rt.ledger is None:
+        pc = rt.cfg.privacy
+        rt.ledger = PrivacyLedger(
+            ledger_path(rt.cfg, rt.name), site=rt.name, epsilon_target=pc.epsilon,
+            delta=pc.delta, accountant=pc.accountant,
+        )
+    return rt.ledger
+
+
+def _plain_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str, float]:
+    """Non-private local training (FedProx when the server sends a mu)."""
+    train_cfg = rt.cfg.train
+    mu = float(round_config.get(protocol.PROXIMAL_MU, 0.0) or 0.0)
+    if mu > 0:
+        train_cfg = dataclasses.replace(train_cfg, proximal_mu=mu)
+    trainer = Trainer(rt.model, train_cfg, device=rt.device, progress=False)
+    if mu > 0:
+        trainer.set_proximal_reference()
+    result = trainer.fit(rt.train_loader(), epochs=train_cfg.epochs, desc=f"{rt.name} train")
+    return {protocol.NUM_EXAMPLES: float(len(rt.train_set)), **result.metrics()}
+
+
+def _private_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str, float]:
+    """DP-SGD local training under the site's own budget; only DP-safe metrics leave."""
+    cfg = rt.cfg
+    ledger = site_ledger(rt)
+    plan = StudyPlan.from_round_config(
+        round_config, run=cfg.federation.run_name,
+        total_rounds=cfg.federation.num_server_rounds, local_epochs=cfg.train.epochs,
+        max_steps_per_epoch=cfg.train.max_steps, ledger=ledger,
+    )
+    private = make_private(
+        model=rt.model, dataset=rt.train_set, train=cfg.train, privacy=cfg.privacy,
+        ledger=ledger, plan=plan, batch_size=cfg.data.batch_size, device=rt.device,
+        num_workers=cfg.data.workers, engine=rt.dp_engine,
+    )
+    rt.dp_engine = private.engine
+    trainer = Trainer(
+        private.module, private.train_config, device=rt.device,
+        optimizer=private.optimizer, on_empty_batch=private.on_empty_batch, progress=False,
+    )
+    result = trainer.fit(private.loader, epochs=cfg.train.epochs, desc=f"{rt.name} train")
+    metrics = {protocol.NUM_EXAMPLES: float(len(rt.train_set)), **result.metrics(),
+               **private.finish()}
+    sent, kept = private_reply_metrics(metrics)
+    log.info("site %s round %d (not sent under DP): %s", rt.name, plan.server_round,
+             {k: round(v, 4) for k, v in kept.items()})
+    return sent
+
+
 def local_train(
     rt: SiteRuntime, arrays: Mapping[str, np.ndarray], round_config: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Train one round from the global weights; returns (trainable weights, metrics)."""
+    """Train one round from the global weights; returns (trainable weights, metrics).
+
+    Raises:
+        PrivacyBudgetError: a DP site's budget does not allow the round (nothing ran).
+    """
     load_global(rt, arrays)
-    kind = trainer_kind(rt)
-    if kind not in TRAINER_FACTORIES:
-        # The privacy layer registers "dp" on import.
-        import endofed.privacy.dp  # noqa: F401
-    factory = TRAINER_FACTORIES[kind]
-    trainer, loader, extra_metrics = factory(rt, round_config)
-    result = trainer.fit(loader, epochs=rt.cfg.train.epochs, desc=f"{rt.name} train")
+    if rt.cfg.privacy.enabled:
+        metrics = _private_round(rt, round_config)
+    else:
+        metrics = _plain_round(rt, round_config)
     state = {k: v.detach().cpu().numpy() for k, v in trainable_state(rt.model).items()}
-    local = result.metrics()
-    metrics = {"num-examples": float(len(rt.train_set)), **local, **extra_metrics()}
-    if kind == "dp":
-        # The training losses (and the Poisson draw's realised image count) are
-        # statistics of the site's images that the DP guarantee does not cover: they
-        # stay in the site's log; the reply carries only what the privacy layer adds.
-        log.info("site %s round %s (not sent under DP): %s", rt.name,
-                 round_config.get("server-round"), {k: round(v, 4) for k, v in local.items()})
-        metrics = {k: v for k, v in metrics.items() if k not in local or k in DP_SAFE_METRICS}
     return state, metrics
 
 

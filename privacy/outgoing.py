@@ -8,12 +8,14 @@ naming the offending record/key (never its value) and logs the refusal.
 
 Allowed content (anything else is refused):
 
+The records and keys are those :mod:`endofed.shared.protocol` declares:
+
 * ``ArrayRecord "arrays"``: trainable model weights, each with a name and shape of
-  ``trainable_state(build_model(...))`` for the site's config, floating dtype.
+  ``trainable_state(model_for(cfg))`` for the site's config, floating dtype.
 * ``ArrayRecord "metric-state"``: :meth:`MetricAccumulator.state` arrays, each with a
   template key, shape and dtype kind (int/float).
 * ``MetricRecord "metrics"``: numeric scalars (no lists: a list of numbers can
-  carry an image), keys without path separators.
+  carry an image) under the metric names the protocol declares.
 * ``ConfigRecord "site"``: exactly ``{"site-name": <hospital name>}``; the name may
   not contain ``/`` or ``\\``.
 * SecAgg+ (flwr's ``secaggplus_mod`` in the legacy workflow): the protocol record
@@ -33,6 +35,7 @@ bypass it, so it does not replace code review (see ``docs/SECURITY.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -50,18 +54,18 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common import bytes_to_ndarray
 from flwr.common.constant import ErrorCode
 
+from endofed.privacy.reply_policy import DP_REPORTABLE_METRICS
+from endofed.shared import protocol
 from endofed.shared.config import EndoFedConfig
-from endofed.shared.metrics.accumulator import MetricAccumulator
+from endofed.shared.metrics import MetricAccumulator
+from endofed.shared.model import build_model, trainable_state
 
 __all__ = [
-    "ARRAYS_KEY",
-    "METRICS_KEY",
     "OutgoingPolicy",
     "OutgoingViolation",
-    "SITE_KEY",
-    "STATE_KEY",
     "audit_content",
     "outgoing_audit_mod",
     "policy_for",
@@ -69,18 +73,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ARRAYS_KEY = "arrays"
-STATE_KEY = "metric-state"
-METRICS_KEY = "metrics"
-SITE_KEY = "site"
-SITE_NAME_KEY = "site-name"
-
-# SecAgg+ (flwr.common.secure_aggregation.secaggplus_constants) and legacy FitRes.
-SECAGG_KEY = "secaggplus_configs"
-FITRES_PARAMETERS = "fitres.parameters"
-FITRES_METRICS = "fitres.metrics"
-FITRES_NUM_EXAMPLES = "fitres.num_examples"
-FITRES_STATUS = "fitres.status"
+ARRAYS_KEY = protocol.ARRAYS
+STATE_KEY = protocol.METRIC_STATE
+METRICS_KEY = protocol.METRICS
+SITE_KEY = protocol.SITE
+SITE_NAME_KEY = protocol.SITE_NAME
+SECAGG_KEY = protocol.SECAGG_CONFIGS
+FITRES_PARAMETERS = protocol.FITRES_PARAMETERS
+FITRES_METRICS = protocol.FITRES_METRICS
+FITRES_NUM_EXAMPLES = protocol.FITRES_NUM_EXAMPLES
+FITRES_STATUS = protocol.FITRES_STATUS
+#: Every metric name a reply may carry (train and evaluate replies).
+DECLARED_METRICS = frozenset(protocol.TRAIN_METRICS) | frozenset(protocol.EVALUATE_METRICS)
 _OK_STATUS_MESSAGES = {"ok", "success", ""}
 # Largest single protocol blob a SecAgg+ stage may send (keys and encrypted shares of
 # 32-byte secrets are a few hundred bytes; an image is tens of kilobytes).
@@ -107,17 +111,22 @@ class OutgoingPolicy:
 
     weights: Mapping[str, tuple[int, ...]]
     metric_state: Mapping[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype kind)
+    metrics: frozenset[str] = DECLARED_METRICS
+    """Metric names the site may send (a DP site: only the DP-reportable ones)."""
 
     @classmethod
     def from_config(cls, cfg: EndoFedConfig) -> OutgoingPolicy:
         """Build the site's model and an empty accumulator, record their shapes."""
-        return _policy_cached(
+        policy = _policy_cached(
             cfg.model.preset,
             tuple(cfg.data.class_names),
             tuple(cfg.data.morphology_names),
             int(cfg.data.image_size),
             cfg.model.finetune,
         )
+        if cfg.privacy.enabled:
+            policy = dataclasses.replace(policy, metrics=DP_REPORTABLE_METRICS)
+        return policy
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,15 +137,12 @@ def _policy_cached(
     image_size: int,
     finetune: str,
 ) -> OutgoingPolicy:
-    import torch
-
-    from endofed.shared.model import build_model, trainable_state
-
+    # Shapes only: no pretrained file is read (the weights do not change a shape).
     with torch.no_grad():
         model = build_model(
             preset=preset, num_classes=len(class_names), image_size=image_size,
             finetune=finetune,
-        )  # fmt: skip
+        )
         weights = {k: tuple(v.shape) for k, v in trainable_state(model).items()}
     del model
     acc = MetricAccumulator(class_names=list(class_names), morphology_names=list(morphology_names))
@@ -196,9 +202,19 @@ def _audit_metric_state(name: str, record: ArrayRecord, policy: OutgoingPolicy) 
             raise OutgoingViolation(name, key, f"dtype {value.dtype} is not {kind}")
 
 
-def _audit_numeric(name: str, record: Mapping[str, Any]) -> None:
+def _audit_numeric(
+    name: str, record: Mapping[str, Any], allowed: frozenset[str] | None = None
+) -> None:
     for key, value in record.items():
         _check_key(name, key)
+        if allowed is not None and key not in allowed:
+            if key not in DECLARED_METRICS:
+                reason = ("not a metric endofed.shared.protocol declares (declare it there, "
+                          "with its meaning, before a site may send it)")
+            else:
+                reason = ("computed from the site's images outside the DP guarantee "
+                          "(endofed.privacy.reply_policy.DP_REPORTABLE_METRICS)")
+            raise OutgoingViolation(name, key, reason)
         if not _is_number(value):
             what = "list" if isinstance(value, list) else type(value).__name__
             raise OutgoingViolation(name, key, f"value is a {what}, only numbers may leave")
@@ -259,8 +275,6 @@ def _audit_secagg(name: str, record: ConfigRecord, policy: OutgoingPolicy) -> No
         if len(ids) != len(blobs):
             raise OutgoingViolation(name, blob_key, f"{len(blobs)} blobs for {len(ids)} nodes")
     elif keys == {"masked_params"}:  # masked, quantised weights
-        from flwr.common import bytes_to_ndarray
-
         value = record["masked_params"]
         if not isinstance(value, list) or not all(isinstance(b, bytes) for b in value):
             raise OutgoingViolation(name, "masked_params", "expected a list of bytes")
@@ -294,12 +308,12 @@ def audit_content(content: RecordDict, policy: OutgoingPolicy) -> None:
         elif isinstance(record, MetricRecord):
             if name not in (METRICS_KEY, FITRES_NUM_EXAMPLES):
                 raise OutgoingViolation(name, None, "unexpected MetricRecord")
-            _audit_numeric(name, record)
+            _audit_numeric(name, record, policy.metrics if name == METRICS_KEY else None)
         elif isinstance(record, ConfigRecord):
             if name == SITE_KEY:
                 _audit_site(name, record)
             elif name == FITRES_METRICS:
-                _audit_numeric(name, record)
+                _audit_numeric(name, record, policy.metrics)
             elif name == FITRES_STATUS:
                 _audit_status(name, record)
             elif name == SECAGG_KEY:

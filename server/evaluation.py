@@ -15,11 +15,12 @@ from typing import Any
 from flwr.app import Message
 
 from endofed.server.replies import site_of
+from endofed.shared import protocol
 from endofed.shared.metrics import MetricAccumulator, flat_scalars
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "metric-state"
+STATE_KEY = protocol.METRIC_STATE
 
 
 def merge_evaluation_replies(

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
+from endofed.shared import protocol
+
 log = logging.getLogger(__name__)
 
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
-SITE_KEY = "site"
-DECLINED_KEY = "declined"
+ARRAYS_KEY = protocol.ARRAYS
+METRICS_KEY = protocol.METRICS
+SITE_KEY = protocol.SITE
+DECLINED_KEY = protocol.DECLINED
 
 
 @dataclass
@@ -36,7 +38,7 @@ def site_of(msg: Message) -> str:
     try:
         if msg.has_error():
             raise KeyError
-        return str(msg.content[SITE_KEY]["site-name"])
+        return str(msg.content[SITE_KEY][protocol.SITE_NAME])
     except KeyError:
         return f"node-{msg.metadata.src_node_id}"
 
@@ -62,8 +64,8 @@ def _has_arrays(msg: Message, expected: Mapping[str, tuple[int, ...]]) -> str | 
         return "reply carries no model arrays"
     if METRICS_KEY not in msg.content.metric_records:
         return "reply carries no metrics"
-    if "num-examples" not in msg.content[METRICS_KEY]:
-        return "reply metrics lack 'num-examples'"
+    if protocol.NUM_EXAMPLES not in msg.content[METRICS_KEY]:
+        return f"reply metrics lack {protocol.NUM_EXAMPLES!r}"
     return None
 
 

@@ -1,7 +1,7 @@
 """Site data: layouts, validation, splits, joint augmentation, datasets and batches."""
 
 from .collate import Batch, DetectionItem, collate_detection, empty_batch
-from .dataset import DetectionDataset, make_loader, make_poisson_loader
+from .dataset import DetectionDataset, make_loader
 from .layouts import ImageReadError, SiteDataError, scan_coco, scan_kvasir, scan_manifest
 from .sample import (
     NORMAL_CLASS_NAME,
@@ -40,7 +40,6 @@ __all__ = [
     "image_label",
     "load_sample",
     "make_loader",
-    "make_poisson_loader",
     "scan_coco",
     "scan_kvasir",
     "scan_manifest",

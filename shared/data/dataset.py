@@ -202,7 +202,8 @@ class DetectionDataset(Dataset):
         )
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
+    """DataLoader worker setup: one torch thread per worker."""
     # torch already runs workers single-threaded; do NOT call cv2.setNumThreads here:
     # in a forked child whose parent used OpenCV's thread pool it deadlocks.
     torch.set_num_threads(1)
@@ -239,43 +240,8 @@ def make_loader(
         drop_last=drop_last,
         generator=generator,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
+        worker_init_fn=worker_init if num_workers > 0 else None,
         persistent_workers=persistent_workers,
-    )
-
-
-def make_poisson_loader(
-    dataset: DetectionDataset,
-    sample_rate: float,
-    *,
-    steps: int | None = None,
-    generator: torch.Generator | None = None,
-    num_workers: int = 0,
-) -> DataLoader:
-    """A Poisson-sampled ``DataLoader`` for DP-SGD that yields :class:`Batch` even when empty.
-
-    Each step draws every sample independently with probability ``sample_rate``
-    (Opacus' ``UniformWithReplacementSampler``; ``steps`` defaults to
-    ``1 / sample_rate``). Unlike ``opacus.data_loader.DPDataLoader``, whose
-    empty-batch wrapper cannot rebuild a NamedTuple (``type(batch)(list)``) and
-    returns a plain list for a first empty batch, empty draws here go through
-    :func:`collate_detection` and give a correctly shaped empty :class:`Batch`.
-    ``len(loader) == steps``, so Opacus' ``make_private(..., poisson_sampling=False)``
-    derives the right sample rate from it.
-    """
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-    if not 0 < sample_rate <= 1:
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    sampler = UniformWithReplacementSampler(
-        num_samples=len(dataset), sample_rate=sample_rate, generator=generator, steps=steps
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=dataset.collate_fn(),
-        worker_init_fn=_worker_init if num_workers > 0 else None,
     )
 
 

@@ -14,7 +14,6 @@ from endofed.shared.data import (
     collate_detection,
     load_sample,
     make_loader,
-    make_poisson_loader,
     scan_site,
 )
 
@@ -144,21 +143,6 @@ def test_custom_loader_output_is_used(site):
     assert int(n) == 2
     # x scales by 64/96 now: first box 0..28 px wide in the cropped frame
     np.testing.assert_allclose(sorted(boxes[:2, 0].tolist())[0], 0.0, atol=1e-4)
-
-
-def test_poisson_loader_yields_empty_batches_of_the_right_shape(site):
-    pytest.importorskip("opacus")
-    ds = DetectionDataset(site.records, image_size=S, train=False, max_boxes=M)
-    loader = make_poisson_loader(ds, sample_rate=0.3, steps=12,
-                                 generator=torch.Generator().manual_seed(0))
-    assert len(loader) == 12
-    sizes = []
-    for batch in loader:
-        assert isinstance(batch, Batch)
-        assert batch.images.shape[1:] == (3, S, S) and batch.boxes.shape[1:] == (M, 4)
-        assert batch.labels.shape[1:] == (M,) and batch.num_boxes.shape == (len(batch),)
-        sizes.append(len(batch))
-    assert 0 in sizes and max(sizes) > 0
 
 
 @pytest.mark.timeout(120)

@@ -216,3 +216,27 @@ def test_secagg_masked_vectors_must_have_the_model_shapes(context: Context) -> N
     with pytest.raises(OutgoingViolation, match="exceeds"):
         audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
             {"pk1": b"k" * 65, "pk2": b"\x00" * 20_000})}), policy)  # fmt: skip
+
+
+def test_an_undeclared_metric_is_refused(context: Context) -> None:
+    """A metric the protocol does not declare never leaves, even if it is one number."""
+
+    def put(content: RecordDict) -> None:
+        content["metrics"]["mean-pixel-of-patient-0042"] = 0.4
+
+    reason = _refusal(_audited(train=_tamper(client_app.train, put))(
+        _incoming(context, "train"), context))  # fmt: skip
+    assert "protocol declares" in reason
+
+
+def test_a_dp_site_may_not_send_its_training_loss(context: Context) -> None:
+    """The audit enforces the DP reporting rule as a second line behind the client."""
+    policy = policy_for({**RUN_CONFIG, "dp-epsilon": 8.0}, context.node_config)
+    allowed = RecordDict({"metrics": MetricRecord({"num-examples": 4, "epsilon-spent": 1.0,
+                                                   "dp-steps": 2, "train-seconds": 0.1})})
+    audit_content(allowed, policy)
+    leak = RecordDict({"metrics": MetricRecord({"num-examples": 4, "train-loss": 0.7})})
+    with pytest.raises(OutgoingViolation, match="outside the DP guarantee"):
+        audit_content(leak, policy)
+    # The same metric from a site without DP is fine.
+    audit_content(leak, policy_for(RUN_CONFIG, context.node_config))

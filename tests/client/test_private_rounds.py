@@ -1,4 +1,4 @@
-"""DP-SGD at a site with real Opacus on the tiny preset (64 px, six images)."""
+"""A site's DP rounds through the client path (real Opacus, tiny preset, six images)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from endofed.client.training import BudgetExhausted, local_train
-from endofed.privacy.accounting import compute_epsilon
-from endofed.privacy.dp import get_dp_site, poisson_sample_rate, poisson_steps_per_epoch
+from endofed.client.training import local_train, site_ledger
+from endofed.privacy.accounting import PrivacyBudgetError, compute_epsilon
+from endofed.privacy.dp import DPEngine, build_dp_engine
+from endofed.privacy.sampling import poisson_sample_rate, poisson_steps_per_epoch
 from endofed.shared.data.collate import Batch
 from endofed.shared.engine import Trainer
 from endofed.shared.model import trainable_state
+
+
+def dp_engine(rt) -> DPEngine:
+    """The site's Opacus objects, built the way its first DP round builds them."""
+    if rt.dp_engine is None:
+        cfg = rt.cfg
+        rt.dp_engine = build_dp_engine(
+            model=rt.model, dataset=rt.train_set, train=cfg.train, privacy=cfg.privacy,
+            batch_size=cfg.data.batch_size, device=rt.device, site=rt.name,
+        )
+    return rt.dp_engine
 
 
 def _weights(rt) -> dict[str, np.ndarray]:
@@ -32,7 +44,7 @@ def test_sample_rate_gives_exact_epoch_length() -> None:
 def test_rounds_restart_and_budget(make_runtime) -> None:
     """Three rounds spend the budget; a restart keeps it; a lowered target declines."""
     rt = make_runtime()
-    site = get_dp_site(rt)
+    site = dp_engine(rt)
     assert site.steps_per_epoch == 2 and site.sample_rate == 0.5
     assert site.optimizer.expected_batch_size == 3  # int(6 images x 0.5)
     weights = _weights(rt)
@@ -56,7 +68,7 @@ def test_rounds_restart_and_budget(make_runtime) -> None:
     assert spent[2] == pytest.approx(
         compute_epsilon([(sigma, 0.5, 6)], delta=1e-5, accountant="rdp"), rel=1e-6
     )
-    ledger_file = site.ledger.path
+    ledger_file = site_ledger(rt).path
     payload = json.loads(ledger_file.read_text())
     assert [r["round"] for r in payload["rounds"]] == [1, 2, 3]
     assert all(r["status"] == "done" for r in payload["rounds"])
@@ -64,18 +76,18 @@ def test_rounds_restart_and_budget(make_runtime) -> None:
 
     # A restarted SuperNode (new runtime, new objects) on the same state dir.
     rt2 = make_runtime()
-    site2 = get_dp_site(rt2)
+    site2 = dp_engine(rt2)
     assert site2 is not site
-    assert site2.ledger.epsilon_spent() == pytest.approx(spent[2])
+    assert site_ledger(rt2).epsilon_spent() == pytest.approx(spent[2])
 
     # Lowering the target below what is spent: declined before any training.
     rt3 = make_runtime(**{"dp-epsilon": 4.0})
     arrays = {k: v + 0.5 for k, v in _weights(rt3).items()}
     before_file = ledger_file.read_text()
-    with pytest.raises(BudgetExhausted) as info:
+    with pytest.raises(PrivacyBudgetError) as info:
         local_train(rt3, arrays, {"server-round": 4})
-    assert info.value.metrics["epsilon-spent"] == pytest.approx(spent[2])
-    assert info.value.metrics["epsilon-target"] == 4.0
+    assert info.value.spent == pytest.approx(spent[2])
+    assert info.value.target == 4.0
     after = _weights(rt3)
     for k, v in arrays.items():  # the global weights, untouched by any step
         np.testing.assert_array_equal(after[k], v)
@@ -99,18 +111,18 @@ def test_new_study_after_a_spent_budget_declines(make_runtime) -> None:
 
     rt2 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-2"})
     arrays = {k: v + 0.25 for k, v in weights.items()}
-    with pytest.raises(BudgetExhausted, match="dp-min-study-budget") as info:
+    with pytest.raises(PrivacyBudgetError, match="dp-min-study-budget") as info:
         local_train(rt2, arrays, {"server-round": 1, "run-name": "study-2"})
-    assert info.value.metrics["epsilon-spent"] == pytest.approx(metrics["epsilon-spent"])
+    assert info.value.spent == pytest.approx(metrics["epsilon-spent"])
     for k, v in arrays.items():  # declined before any step
         np.testing.assert_array_equal(_weights(rt2)[k], v)
-    ledger = json.loads(get_dp_site(rt2).ledger.path.read_text())
+    ledger = json.loads(site_ledger(rt2).path.read_text())
     assert [r["run"] for r in ledger["rounds"]] == ["study-1"]
 
     # Without the new-study floor the noise cap still refuses a round made of noise.
     rt3 = make_runtime(**{"num-server-rounds": 1, "run-name": "study-3",
                           "dp-min-study-budget": 0.0, "dp-max-noise-multiplier": 2.0})
-    with pytest.raises(BudgetExhausted, match="dp-max-noise-multiplier"):
+    with pytest.raises(PrivacyBudgetError, match="dp-max-noise-multiplier"):
         local_train(rt3, arrays, {"server-round": 1, "run-name": "study-3"})
 
     # A site that allows both may squeeze in a (very noisy) round, never past its target.
@@ -127,10 +139,10 @@ def test_studies_are_told_apart_by_study_id_not_run_name(make_runtime) -> None:
     first = {"server-round": 1, "run-name": "default", "study-id": "a1"}
     weights, metrics = local_train(rt, _weights(rt), first)
     assert 0.99 * 8.0 <= metrics["epsilon-spent"] <= 8.0
-    with pytest.raises(BudgetExhausted, match="dp-min-study-budget"):
+    with pytest.raises(PrivacyBudgetError, match="dp-min-study-budget"):
         local_train(make_runtime(**{"num-server-rounds": 1}), weights,
                     {"server-round": 1, "run-name": "default", "study-id": "b2"})
-    ledger = json.loads(get_dp_site(rt).ledger.path.read_text())
+    ledger = json.loads(site_ledger(rt).path.read_text())
     assert [(r["run"], r["study"]) for r in ledger["rounds"]] == [("default", "a1")]
 
 
@@ -159,7 +171,7 @@ def test_noise_cannot_be_regenerated_from_the_run_config(make_runtime, tmp_path)
                 np.testing.assert_array_equal(start[k], v)
         after, metrics = local_train(rt, start, {"server-round": 1, "run-name": "same"})
         updates.append((start, after, metrics["dp-noise-multiplier"]))
-        get_dp_site(rt).ledger.path.unlink()  # the second is a twin site, not a rerun
+        site_ledger(rt).path.unlink()  # the second is a twin site, not a rerun
     assert updates[0][2] == updates[1][2]  # same noise multiplier, same plan
     diffs = [np.abs(updates[0][1][k] - updates[1][1][k]).max() for k in updates[0][1]]
     assert max(diffs) > 0, "two sites with the same seed drew identical DP noise"
@@ -178,7 +190,7 @@ def test_secure_rng_without_torchcsprng_fails_fast(dp_run_config) -> None:
 
 def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:
     rt = make_runtime()
-    site = get_dp_site(rt)
+    site = dp_engine(rt)
     site.optimizer.noise_multiplier = 2.0
     site.accountant.history = []
     params = {id(p): p.detach().clone() for p in site.optimizer.params}
@@ -196,7 +208,7 @@ def test_empty_batch_step_is_noisy_and_accounted(make_runtime) -> None:
 def test_empty_batch_from_poisson_loader_reaches_the_hook(make_runtime) -> None:
     """An empty Poisson draw is a shaped empty Batch and the trainer steps through it."""
     rt = make_runtime()
-    site = get_dp_site(rt)
+    site = dp_engine(rt)
     # Draw until an empty batch appears (q = 0.5 over 6 images: P(empty) = 1/64).
     empties = []
     for _, b in zip(range(3000), _forever(site.loader)):
@@ -223,7 +235,7 @@ def _forever(loader):
 
 def test_per_sample_clipping_is_on(make_runtime) -> None:
     rt = make_runtime(**{"dp-max-grad-norm": 1e-3})
-    site = get_dp_site(rt)
+    site = dp_engine(rt)
     site.optimizer.noise_multiplier = 0.0
     batch = next(b for b in _forever(site.logical_loader) if len(b) >= 2)
     trainer = Trainer(site.module, rt.cfg.train, device=rt.device, optimizer=site.optimizer,
@@ -243,7 +255,7 @@ def test_per_sample_clipping_is_on(make_runtime) -> None:
 def test_batch_memory_manager_caps_physical_batches(make_runtime) -> None:
     rt = make_runtime(**{"batch-size": 8, "dp-max-physical-batch-size": 2,
                          "num-server-rounds": 1})
-    site = get_dp_site(rt)
+    site = dp_engine(rt)
     assert site.steps_per_epoch == 1 and site.optimizer.expected_batch_size == 6
     sizes = []
     for batch in site.loader:
@@ -265,9 +277,9 @@ def test_delta_not_below_one_over_n_is_warned(make_runtime, caplog) -> None:
     import logging
 
     with caplog.at_level(logging.WARNING, logger="endofed.privacy.dp"):
-        get_dp_site(make_runtime(**{"dp-delta": 0.2}))  # six images: 1/N = 0.167
+        dp_engine(make_runtime(**{"dp-delta": 0.2}))  # six images: 1/N = 0.167
     assert any("1/N" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="endofed.privacy.dp"):
-        get_dp_site(make_runtime())
+        dp_engine(make_runtime())
     assert not any("1/N" in r.getMessage() for r in caplog.records)
