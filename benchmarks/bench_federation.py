@@ -37,11 +37,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from endofed.shared.model import PRESETS, build_model, trainable_state  # noqa: E402
-from endofed.simulations.runtime import (  # noqa: E402
-    FlowerRunError,
-    LocalDeployment,
-    LocalSimulationRuntime,
-)
+from endofed.simulations.deployment import LocalDeployment  # noqa: E402
+from endofed.simulations.flwr_run import FlowerRunError  # noqa: E402
+from endofed.simulations.simulation_runtime import LocalSimulationRuntime  # noqa: E402
 
 SMALL_RUN = {"preset": "tiny", "image-size": 64, "batch-size": 4, "local-epochs": 1,
              "threads": 1, "seed": 3, "amp": False}  # fmt: skip

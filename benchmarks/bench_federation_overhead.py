@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from endofed.simulations.runtime import LocalDeployment, LocalSimulationRuntime  # noqa: E402
+from endofed.simulations.deployment import LocalDeployment  # noqa: E402
+from endofed.simulations.simulation_runtime import LocalSimulationRuntime  # noqa: E402
 
 SMOKE_APP = REPO / "tests" / "flower_smoke_app"
 

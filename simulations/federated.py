@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from endofed.simulations.runtime import CompletedRun, LocalSimulationRuntime
+from endofed.simulations.flwr_run import CompletedRun
+from endofed.simulations.simulation_runtime import LocalSimulationRuntime
 
 log = logging.getLogger(__name__)
 

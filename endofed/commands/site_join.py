@@ -98,7 +98,8 @@ def check_privacy(node_config: dict[str, str | float]) -> str | None:
     Raises:
         PreflightError: a setting is invalid (the message names the key).
     """
-    from endofed.privacy.ledger import LedgerError, ledger_path, read_ledger_summary
+    from endofed.privacy.ledger import LedgerError, ledger_path
+    from endofed.privacy.ledger_summary import read_ledger_summary
     from endofed.shared.config import ConfigError, EndoFedConfig
 
     try:
@@ -125,7 +126,8 @@ def check_privacy(node_config: dict[str, str | float]) -> str | None:
 
 def supernode_argv(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
-    from endofed.simulations.flwr_home import flwr_executable, format_run_config
+    from endofed.simulations.flwr_cli import flwr_executable
+    from endofed.simulations.run_config import format_run_config
 
     node_config: dict[str, str | float] = {
         "data-path": str(args.data_path.expanduser().resolve()),

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ def _all_pids() -> list[int]:
 
 
 def is_alive(pid: int, starttime: int | None = None) -> bool:
-    """Whether ``pid`` runs (not a zombie) and, if given, still has ``starttime``."""
+    """Whether ``pid`` runs (not a zombie) and, if given, still has ``starttime``.
+
+    ``pid <= 0`` is never a process (``os.kill`` would address a process group).
+    """
+    if pid <= 0:
+        return False
     if not _PROC.is_dir():
         try:
             os.kill(pid, 0)
@@ -154,21 +160,34 @@ class ManagedProcess:
         """SIGTERM the tree, SIGKILL what survives ``grace`` seconds; reap the root."""
         self.remember_descendants()
         tree = dict(self.seen)
-        if self.running():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(timeout=grace)
-        else:
-            # Root gone already: its group may still hold children.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.popen, grace=grace, name=self.name)
         kill_remaining(tree, grace=min(grace, 5.0))
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_group(popen: subprocess.Popen[Any], grace: float = 5.0, *, name: str = "") -> None:
+    """Stop the process group that ``popen`` leads (started with ``start_new_session``).
+
+    A running root gets SIGTERM and ``grace`` seconds, then the group gets SIGKILL; a
+    root that is gone already still has its group SIGKILLed (children may remain).
+    The root is reaped. Processes that left the group are not touched (see
+    :meth:`ManagedProcess.stop` and :func:`stop_all` for whole trees).
+    """
+    if popen.poll() is None:
+        _signal_group(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            logger.warning("%s (pid %d) ignored SIGTERM; killing it", name or popen.args,
+                           popen.pid)
+    _signal_group(popen.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=grace)
 
 
 def kill_remaining(pids: Mapping[int, int], grace: float = 5.0) -> None:
@@ -224,16 +243,14 @@ def stop_all(processes: Iterable[ManagedProcess], token: str, grace: float = 10.
         proc.remember_descendants()
         tree.update(proc.seen)
     for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM if proc.running() else signal.SIGKILL)
+        _signal_group(proc.pid, signal.SIGTERM if proc.running() else signal.SIGKILL)
     deadline = time.monotonic() + grace
     for proc in procs:
         try:
             proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _signal_group(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5.0)
     tree.update(marked_processes(token))

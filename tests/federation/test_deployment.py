@@ -14,8 +14,9 @@ import time
 import pandas as pd
 import pytest
 
+from endofed.simulations.deployment import LocalDeployment
 from endofed.simulations.federated import project_root
-from endofed.simulations.runtime import CONNECTION_NAME, LocalDeployment
+from endofed.simulations.flwr_home import CONNECTION_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import torch
 from flwr.common.config import parse_config_args
 
 from endofed.simulations.federated import project_root
-from endofed.simulations.runtime import LocalDeployment
+from endofed.simulations.deployment import LocalDeployment
 
 REPO = project_root()
 

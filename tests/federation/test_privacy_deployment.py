@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from endofed.simulations.federated import project_root
-from endofed.simulations.runtime import LocalDeployment
+from endofed.simulations.deployment import LocalDeployment
 
 pytestmark = pytest.mark.slow
 

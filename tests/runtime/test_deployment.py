@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from endofed.simulations.runtime import LocalDeployment
+from endofed.simulations.deployment import LocalDeployment
 
 
 def _running(pid: int) -> bool:

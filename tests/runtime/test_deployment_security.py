@@ -1,4 +1,4 @@
-"""LocalDeployment over TLS with authenticated SuperNodes (real flwr processes)."""
+"""LocalDeployment over TLS with authenticated SuperNodes (real flwr processes), and its flags."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from endofed.privacy.certs import CertBundle, generate_certificates
-from endofed.simulations.runtime import FlowerRunError, LocalDeployment
+from endofed.simulations.deployment import LocalDeployment
+from endofed.simulations.deployment_security import DeploymentSecurity
+from endofed.simulations.flwr_run import FlowerRunError
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,23 @@ def test_misconfiguration_is_reported_before_anything_starts(
             smoke_app, sites=[_site(0, 1)], insecure=False, **_tls(certs),
             auth_keys=[_keys(certs, "site-0")],
         )  # fmt: skip
+
+
+def test_security_flags_of_each_process(certs: CertBundle) -> None:
+    plain = DeploymentSecurity.from_options()
+    assert plain.superlink_args() == ["--insecure"] == plain.supernode_args()
+    assert plain.ssl_context() is None and plain.connection("127.0.0.1:1").insecure
+    tls = DeploymentSecurity.from_options(insecure=False, **_tls(certs),
+                                          enable_supernode_auth=True)  # fmt: skip
+    assert tls.root_certificates == certs.ca_cert.resolve()  # defaults to the CA
+    args = tls.superlink_args()
+    assert args[args.index("--ssl-certfile") + 1] == str(certs.server_cert.resolve())
+    assert args[-1] == "--enable-supernode-auth" and "--insecure" not in args
+    assert tls.supernode_args() == ["--root-certificates", str(certs.ca_cert.resolve())]
+    assert tls.supernode_args(trust_ca=False) == []
+    conn = tls.connection("127.0.0.1:2")
+    assert not conn.insecure and conn.root_certificates == certs.ca_cert.resolve()
+    assert tls.ssl_context() is not None
 
 
 @pytest.mark.slow

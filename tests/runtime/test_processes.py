@@ -1,14 +1,21 @@
-"""Process-tree cleanup: children that leave the process group are still killed."""
+"""Process liveness and cleanup: groups, and children that leave the group, are killed."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from endofed.shared.util.processes import marked_processes, spawn, stop_all
+from endofed.shared.util.processes import (
+    is_alive,
+    marked_processes,
+    spawn,
+    stop_all,
+    stop_group,
+)
 
 
 def running(pid: int) -> bool:
@@ -57,3 +64,38 @@ def test_stop_all_kills_detached_grandchild_and_stubborn_parent(tmp_path: Path) 
     assert not running(proc.pid)
     assert not running(grandchild)
     assert marked_processes(token) == {}
+
+
+def test_is_alive_never_takes_a_pid_below_one_for_a_process() -> None:
+    assert is_alive(os.getpid())
+    assert not is_alive(0)  # os.kill(0, ...) would address our own process group
+    assert not is_alive(-1)
+    assert not is_alive(os.getpid(), starttime=-5)  # same pid, other start time
+
+
+_STUBBORN_GROUP = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1], "w").write(str(child.pid))
+time.sleep(120)
+"""
+
+
+def test_stop_group_kills_a_root_that_ignores_sigterm_and_its_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    popen = subprocess.Popen([sys.executable, "-c", _STUBBORN_GROUP, str(pid_file)],
+                             start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    start = time.monotonic()
+    stop_group(popen, grace=1.0)
+    assert time.monotonic() - start < 10
+    assert popen.returncode is not None  # reaped
+    deadline = time.monotonic() + 5
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child)

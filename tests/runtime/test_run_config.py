@@ -1,4 +1,4 @@
-"""Config formatting for the flwr CLI, checked against flwr's own parsers."""
+"""``key=value`` config strings for the flwr CLI, checked against flwr's own parser."""
 
 from __future__ import annotations
 
@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from endofed.simulations.flwr_home import (
-    SuperLinkConnection,
-    format_run_config,
-    toml_value,
-    write_config_toml,
-    write_flower_config,
-)
-from endofed.simulations.runtime import simulation_federation_config
+from endofed.simulations.flwr_run import run_config_args
+from endofed.simulations.run_config import format_run_config, toml_value, write_config_toml
 
 
 def test_toml_value_scalars() -> None:
@@ -65,45 +59,10 @@ def test_special_floats_roundtrip() -> None:
     assert parsed == {"a": math.inf, "b": -math.inf}
 
 
-def test_federation_config_integer_and_fractional_cpus() -> None:
-    cfg = simulation_federation_config(num_supernodes=3, num_cpus_per_client=1)
-    assert cfg == {"num-supernodes": 3, "client-resources-num-cpus": 1}
-    # flwr only takes whole CPUs per ClientApp: 0.5 of 2 CPUs -> 4 logical CPUs, 1 each.
-    cfg = simulation_federation_config(
-        num_supernodes=5, num_cpus_per_client=0.5, backend_num_cpus=2, verbose=True
-    )
-    assert cfg["client-resources-num-cpus"] == 1
-    assert cfg["init-args-num-cpus"] == 4
-    assert cfg["verbose"] is True
-    with pytest.raises(ValueError):
-        simulation_federation_config(num_supernodes=2, num_cpus_per_client=0)
-
-
-def test_federation_config_is_accepted_by_flwr() -> None:
-    from flwr.supercore.utils import simulation_config_from_json
-
-    cfg = simulation_federation_config(
-        num_supernodes=4, num_cpus_per_client=1, num_gpus_per_client=0.25,
-        backend_num_cpus=2, backend_logging_level="ERROR",
-    )  # fmt: skip
-    # Same conversion as `flwr run --federation-config` (flwr/cli/run/run.py).
-    parsed = parse_config_args([format_run_config(cfg)])
-    proto = simulation_config_from_json({k.replace("-", "_"): v for k, v in parsed.items()})
-    assert proto.num_supernodes == 4
-    assert proto.client_resources_num_cpus == 1
-    assert proto.client_resources_num_gpus == pytest.approx(0.25)
-    assert proto.init_args_num_cpus == 2
-    assert proto.init_args_logging_level == "ERROR"
-
-
-def test_flower_config_file_is_read_by_flwr(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flwr.cli.flower_config import read_superlink_connection
-
-    write_flower_config(tmp_path, SuperLinkConnection("private-x", "127.0.0.1:45678"))
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    conn = read_superlink_connection()  # the default connection
-    assert conn.name == "private-x"
-    assert conn.address == "127.0.0.1:45678"
-    assert conn.insecure is True
+def test_run_config_args_inline_or_file(tmp_path: Path) -> None:
+    assert run_config_args({}, tmp_path / "unused.toml") == []
+    assert not (tmp_path / "unused.toml").exists()
+    assert run_config_args({"n": 2}, tmp_path / "a.toml") == ["--run-config", "n=2"]
+    flag, value = run_config_args({"name": 'say "hi"'}, tmp_path / "b.toml")
+    assert (flag, value) == ("--run-config", str(tmp_path / "b.toml"))
+    assert parse_config_args([value]) == {"name": 'say "hi"'}

@@ -1,4 +1,4 @@
-"""A real Flower simulation of the smoke app on a private SuperLink."""
+"""A real Flower simulation of the smoke app on a private SuperLink, and its resources."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from flwr.common.config import parse_config_args
 
-from endofed.simulations.runtime import FlowerRunError, FlowerRunTimeout, LocalSimulationRuntime
+from endofed.simulations.flwr_run import FlowerRunError, FlowerRunTimeout
+from endofed.simulations.simulation_runtime import (
+    LocalSimulationRuntime,
+    format_federation_config,
+    simulation_federation_config,
+)
 
 
 def expected_fedavg(num_nodes: int, rounds: int, delta: float = 1.0) -> float:
@@ -149,3 +155,42 @@ def test_submitted_run_and_failed_run(smoke_app: Path, tmp_path: Path) -> None:
 def test_app_dir_without_pyproject_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="pyproject.toml"):
         LocalSimulationRuntime(tmp_path, num_supernodes=2)
+
+
+def test_federation_config_integer_and_fractional_cpus() -> None:
+    cfg = simulation_federation_config(num_supernodes=3, num_cpus_per_client=1)
+    assert cfg == {"num-supernodes": 3, "client-resources-num-cpus": 1}
+    # flwr only takes whole CPUs per ClientApp: 0.5 of 2 CPUs -> 4 logical CPUs, 1 each.
+    cfg = simulation_federation_config(
+        num_supernodes=5, num_cpus_per_client=0.5, backend_num_cpus=2, verbose=True
+    )
+    assert cfg["client-resources-num-cpus"] == 1
+    assert cfg["init-args-num-cpus"] == 4
+    assert cfg["verbose"] is True
+    with pytest.raises(ValueError):
+        simulation_federation_config(num_supernodes=2, num_cpus_per_client=0)
+
+
+def test_federation_config_is_accepted_by_flwr() -> None:
+    from flwr.supercore.utils import simulation_config_from_json
+
+    cfg = simulation_federation_config(
+        num_supernodes=4, num_cpus_per_client=1, num_gpus_per_client=0.25,
+        backend_num_cpus=2, backend_logging_level="ERROR",
+    )  # fmt: skip
+    # Same conversion as `flwr run --federation-config` (flwr/cli/run/run.py).
+    parsed = parse_config_args([format_federation_config(cfg)])
+    proto = simulation_config_from_json({k.replace("-", "_"): v for k, v in parsed.items()})
+    assert proto.num_supernodes == 4
+    assert proto.client_resources_num_cpus == 1
+    assert proto.client_resources_num_gpus == pytest.approx(0.25)
+    assert proto.init_args_num_cpus == 2
+    assert proto.init_args_logging_level == "ERROR"
+
+
+def test_app_with_legacy_federations_section_is_rejected_untouched(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.flwr.federations]\ndefault = "local"\n')
+    with pytest.raises(ValueError, match="legacy"):
+        LocalSimulationRuntime(tmp_path, num_supernodes=2)
+    assert pyproject.read_text() == '[tool.flwr.federations]\ndefault = "local"\n'
