@@ -10,7 +10,9 @@ See :mod:`endofed.shared.metrics.accumulator` for the definitions of every metri
   :mod:`.segmentation_counts` — each family's counts in the state and its metrics;
 * :mod:`.detection`, :mod:`.classification`, :mod:`.segmentation` — the math
   (matching, AP, AUC, Dice) on plain arrays;
-* :mod:`.scalars` — :func:`flat_scalars`; :mod:`.report` — files and figures.
+* :mod:`.scalars` — :func:`flat_scalars`;
+* :mod:`.report` — ``metrics.json`` and ``report.md``; :mod:`.plots` — its figures
+  and the run plots; :mod:`.formatting` — how values read in both.
 """
 
 from endofed.shared.metrics.accumulator import (
