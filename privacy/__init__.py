@@ -1,7 +1,16 @@
-"""Per-site differential privacy: DP-SGD (Opacus) and the persistent privacy ledger.
+"""Per-site differential privacy and the guards around what leaves a site.
 
-``privacy.dp`` registers the ``"dp"`` trainer of :mod:`client.training` on import
-(the client imports it lazily when ``dp-epsilon`` > 0); this package root stays light.
+* :mod:`~endofed.privacy.dp`: :func:`make_private`, the one entry point for a DP-SGD
+  round (Opacus), given plain torch objects, the site's ledger and the study's plan.
+* :mod:`~endofed.privacy.reply_policy`: which metrics a DP site may report.
+* :mod:`~endofed.privacy.sampling`: the Poisson loader and unpredictable generators.
+* :mod:`~endofed.privacy.accounting` / :mod:`~endofed.privacy.ledger`: noise
+  calibration over the persistent, locked, write-ahead per-site ledger.
+* :mod:`~endofed.privacy.outgoing`: the audit every ClientApp reply passes.
+* :mod:`~endofed.privacy.audit`: membership-inference audit of a global model.
+* :mod:`~endofed.privacy.certs`: TLS certificates and SuperNode keys.
+
+This package root stays light (no torch/Opacus import).
 """
 
 from endofed.privacy.accounting import (

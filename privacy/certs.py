@@ -29,9 +29,7 @@ import datetime as _dt
 import ipaddress
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from endofed.shared.util.atomic import atomic_write_bytes
 
 __all__ = [
     "CertBundle",
@@ -249,16 +249,7 @@ def _cert_fingerprint(cert: x509.Certificate) -> str:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` atomically with permissions ``mode`` (set before any byte lands)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=mode)
 
 
 def generate_certificates(

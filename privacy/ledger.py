@@ -1,7 +1,7 @@
 """A site's persistent privacy ledger: what has been spent, on the site's own disk.
 
 The ledger is one JSON file, ``<state-root>/<site-name>/privacy-ledger.json``, written
-atomically (temporary file + ``os.replace``) while holding an exclusive lock on
+atomically (:mod:`endofed.shared.util.atomic`) while holding an exclusive lock on
 ``privacy-ledger.json.lock``, so concurrent processes of the same site cannot lose
 each other's updates or overspend together.
 
@@ -11,7 +11,7 @@ accountant history (also written, merged, as ``history`` for readers). Nothing r
 it: a restarted SuperNode, a new run name or a crashed round all start from the file.
 
 Write-ahead charging: :meth:`PrivacyLedger.reserve` charges a round's *planned* steps
-before any training happens and refuses (:class:`~privacy.accounting.PrivacyBudgetError`)
+before any training happens and refuses (:class:`~endofed.privacy.accounting.PrivacyBudgetError`)
 when epsilon after the round would exceed the target. :meth:`PrivacyLedger.complete`
 then replaces the charge with the steps actually taken. A round that never completes
 (crash, killed process) keeps its full planned charge and is marked ``interrupted``
@@ -21,7 +21,8 @@ Changing the budget of an existing ledger: the configured ``dp-epsilon``, ``dp-d
 and ``dp-accountant`` always apply from now on; the spent history stays. Epsilon
 spent is recomputed from the history under the current (delta, accountant), and each
 change is logged as an event in the file. Lowering the target below what is already
-spent makes the site decline every further round.
+spent makes the site decline every further round. :mod:`endofed.privacy.ledger_summary`
+reads a ledger for people without writing it.
 
 Default location (:func:`default_state_root`): node config ``state-dir`` if set;
 in simulation (node config has ``partition-id``) ``<runs-dir>/_state``; otherwise
@@ -37,7 +38,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -52,6 +52,8 @@ from endofed.privacy.accounting import (
     compute_epsilon,
 )
 from endofed.shared.config import EndoFedConfig
+from endofed.shared.util.atomic import atomic_write_json
+from endofed.shared.util.processes import is_alive
 
 try:  # POSIX advisory locks; Windows falls back to an exclusive lock file.
     import fcntl
@@ -415,79 +417,14 @@ class PrivacyLedger:
             "created": state.created,
             "updated": _now(),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def read_ledger_summary(path: Path | str) -> dict[str, Any]:
-    """A read-only view of a ledger file for people: budget, spent, and each study.
-
-    Never writes (unlike opening a :class:`PrivacyLedger`, which applies the configured
-    budget). Epsilon per study is the cumulative ``epsilon_after`` of its last round.
-
-    Raises:
-        FileNotFoundError: no ledger at ``path``.
-        LedgerError: the file is not a readable EndoFed ledger.
-    """
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LedgerError(f"privacy ledger {path} is unreadable ({exc})") from exc
-    if payload.get("format") != FORMAT:
-        raise LedgerError(f"{path} is not an EndoFed privacy ledger")
-    runs: dict[str, dict[str, Any]] = {}
-    for r in payload.get("rounds", []):
-        key = r.get("study") or r["run"]
-        run = runs.setdefault(key, {"run": r["run"], "study": key, "rounds": 0, "done": 0,
-                                    "interrupted": 0, "running": 0, "steps": 0,
-                                    "started": r["started"], "finished": None,
-                                    "epsilon_after": 0.0})
-        run["rounds"] += 1
-        run[r["status"]] = run.get(r["status"], 0) + 1
-        run["steps"] += int(r["steps"])
-        run["finished"] = r.get("finished") or run["finished"]
-        run["epsilon_after"] = float(r["epsilon_after"])
-    target = float(payload["epsilon_target"])
-    spent = float(payload["epsilon_spent"])
-    return {
-        "path": str(path),
-        "site": payload["site"],
-        "epsilon_target": target,
-        "epsilon_spent": spent,
-        "epsilon_left": max(0.0, target - spent),
-        "delta": float(payload["delta"]),
-        "accountant": payload["accountant"],
-        "runs": list(runs.values()),
-        "events": list(payload.get("events", [])),
-        "updated": payload.get("updated"),
-    }
+        atomic_write_json(self.path, payload, indent=2)
 
 
 def _pid_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` still exists (on this host)."""
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        # Our own process: a "running" entry of ours that is not being trained any
-        # more (an exception escaped the round) is stale too; the DP layer completes
-        # or abandons its entries explicitly, so treat ours as alive.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the process that holds a "running" entry still exists (on this host).
+
+    Our own process counts as alive: a "running" entry of ours that is not being
+    trained any more (an exception escaped the round) is stale too, but the DP layer
+    completes or abandons its entries explicitly.
+    """
+    return pid == os.getpid() or is_alive(pid)

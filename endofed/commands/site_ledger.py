@@ -25,7 +25,8 @@ def register_ledger(actions: argparse._SubParsersAction) -> None:
 
 
 def run_ledger(args: argparse.Namespace) -> int:
-    from endofed.privacy.ledger import LedgerError, ledger_path, read_ledger_summary
+    from endofed.privacy.ledger import LedgerError, ledger_path
+    from endofed.privacy.ledger_summary import read_ledger_summary
     from endofed.shared.config import EndoFedConfig
 
     node = {"site-name": args.site_name, "data-path": "."}

@@ -3,7 +3,7 @@
 from endofed.shared.engine.device import configure_threads, resolve_device
 from endofed.shared.engine.evaluator import evaluate
 from endofed.shared.engine.optim import build_optimizer, build_scheduler
-from endofed.shared.engine.trainer import EpochStats, Trainer, TrainResult, unwrap_model
+from endofed.shared.engine.trainer import EpochStats, Trainer, TrainResult
 
 __all__ = [
     "EpochStats",
@@ -14,5 +14,4 @@ __all__ = [
     "configure_threads",
     "evaluate",
     "resolve_device",
-    "unwrap_model",
 ]

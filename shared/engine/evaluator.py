@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from endofed.shared.data.collate import Batch
-from endofed.shared.engine.trainer import unwrap_model
+from endofed.shared.model import unwrap
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def evaluate(
 
     Latency is the wall time of forward + post-processing per image, measured per batch.
     """
-    net = unwrap_model(model)
+    net = unwrap(model)
     was_training = net.training
     net.eval()
     try:

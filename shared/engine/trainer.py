@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,15 +23,12 @@ from tqdm.auto import tqdm
 from endofed.shared.config import TrainConfig
 from endofed.shared.data.collate import Batch
 from endofed.shared.engine.optim import build_optimizer, build_scheduler
+from endofed.shared.model import compute_loss, unwrap
+from endofed.shared.util.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside an Opacus ``GradSampleModule`` (or the model itself)."""
-    return getattr(model, "_module", model)
 
 
 @dataclass
@@ -87,7 +83,6 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Batch, torch.Tensor], Any]
 
 def default_loss_fn(alpha_seg: float) -> LossFn:
     """The improved SSD's per-image loss (imported lazily: shared.model owns it)."""
-    from endofed.shared.model import compute_loss
 
     def loss_fn(outputs: Mapping[str, torch.Tensor], batch: Batch, anchors: torch.Tensor):
         return compute_loss(outputs, batch, anchors, alpha_seg=alpha_seg)
@@ -236,7 +231,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> tuple[float, float, float, float]:
         """Forward, per-image loss, backward, (clip), step; returns mean loss terms."""
         batch = batch.to(self.device, non_blocking=True)
-        anchors = unwrap_model(self.model).anchors.to(self.device)
+        anchors = unwrap(self.model).anchors.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             outputs = self.model(batch.images)
@@ -272,7 +267,7 @@ class Trainer:
         """Atomically write model + optimiser + schedule + epoch to ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
-            "model": unwrap_model(self.model).state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
@@ -280,14 +275,12 @@ class Trainer:
             "global_step": self.global_step,
             "train_config": dataclasses.asdict(self.config),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_save(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: Path) -> int:
         """Restore from ``path``; returns the number of finished epochs."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        unwrap_model(self.model).load_state_dict(state["model"])
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])

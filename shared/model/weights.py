@@ -14,6 +14,7 @@ from torch import nn
 
 from endofed.shared.model.presets import SSDConfig
 from endofed.shared.model.ssd import ImprovedSSD
+from endofed.shared.util.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,10 @@ _BN_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def unwrap(model: nn.Module) -> ImprovedSSD:
-    """The :class:`ImprovedSSD` inside wrappers such as Opacus' ``GradSampleModule``."""
+    """The :class:`ImprovedSSD` inside wrappers such as Opacus' ``GradSampleModule``.
+
+    Raises ``TypeError`` for anything else (a training loop is only ever given an
+    improved SSD, plain or wrapped)."""
     while not isinstance(model, ImprovedSSD) and hasattr(model, "_module"):
         model = model._module
     if not isinstance(model, ImprovedSSD):
@@ -153,10 +157,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def test_ledger_summary_and_cli(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from endofed.privacy.ledger import read_ledger_summary
+    from endofed.privacy.ledger_summary import read_ledger_summary
 
     path = tmp_path / "state" / "a" / "privacy-ledger.json"
     ledger = _ledger(path, target=4.0)
