@@ -73,13 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endofed.simulations.experiment import (
+    from endofed.simulations.experiment import run_experiment
+    from endofed.simulations.experiment_results import summary_table
+    from endofed.simulations.experiment_spec import (
         ExperimentError,
         ExperimentSpec,
         parse_arms,
         parse_dp,
-        run_experiment,
-        summary_table,
     )
 
     data = None if args.data.strip().lower() == "synthetic" else [Path(p) for p in _csv(args.data)]
