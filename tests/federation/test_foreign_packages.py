@@ -1,0 +1,45 @@
+"""Packages named like EndoFed's folders (``server``, ``client``, ``shared``) cannot
+replace EndoFed's apps: a real simulation round with them first on every path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from endofed.simulations.federated import run_simulation
+
+POISON = 'raise ImportError("foreign package {name!r} was imported instead of EndoFed\'s")\n'
+
+
+def _foreign_packages(root: Path) -> Path:
+    for name in ("server", "client", "shared", "privacy", "simulations"):
+        pkg = root / name
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text(POISON.format(name=name))
+        (pkg / "app.py").write_text(POISON.format(name=f"{name}.app"))
+    return root
+
+
+def test_a_round_runs_with_foreign_server_client_shared_first_on_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    foreign = _foreign_packages(tmp_path / "foreign")
+    # First on sys.path here and in every process the run starts (SuperLink,
+    # ServerApp, the ClientApps in the simulation workers).
+    monkeypatch.syspath_prepend(str(foreign))
+    monkeypatch.setenv("PYTHONPATH", str(foreign))
+    with pytest.raises(ImportError, match="foreign package 'server'"):
+        __import__("server")  # the trap is armed in this process too
+    result = run_simulation(
+        {"preset": "tiny", "image-size": 64, "batch-size": 4, "local-epochs": 1,
+         "max-steps": 1, "synthetic-images-per-site": 6, "threads": 1,
+         "num-server-rounds": 1, "seed": 1, "amp": False},
+        num_sites=2, runs_dir=tmp_path / "runs", run_name="foreign", timeout=600,
+    )
+    assert (result.run_dir / "checkpoints" / "round_001.pt").exists()
+    logs = "\n".join(p.read_text(errors="replace")
+                     for p in (result.run_dir / "logs").rglob("*") if p.is_file())
+    assert "foreign package" not in logs
+    assert "server" not in sys.modules and "client" not in sys.modules
