@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,10 +35,17 @@ def test_every_package_folder_is_listed_for_setuptools() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
-    # What `pip install .` installs: the wheel setuptools builds from this checkout.
+    # What `pip install .` installs: the wheel setuptools builds from this checkout,
+    # built from a copy so that setuptools' build/ folder never lands in the checkout.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for folder in set(SETUPTOOLS["package-dir"].values()):
+        shutil.copytree(REPO / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "-w", str(out), str(REPO)],
+         "--quiet", "-w", str(out), str(src)],
         check=True, capture_output=True, timeout=600,
     )
     (path,) = out.glob("endofed-*.whl")
