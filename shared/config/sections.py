@@ -119,9 +119,21 @@ class FederationConfig:
     min_available_nodes: int = 2
     run_name: str = "default"
     runs_dir: Path = Path("runs")
-    server_learning_rate: float = 0.1
     round_timeout: float = 3600.0
     eval_data_path: Path | None = None
+    # Server-side optimiser of the strategy (endofed.server.strategies says which
+    # strategy reads which key). server-learning-rate: FedAvgM's step and the FedOpt
+    # family's eta; server-momentum: FedAvgM; server-beta-1/-2: FedAdam and FedYogi
+    # (FedAdagrad has neither); server-tau: the FedOpt family's adaptivity.
+    server_learning_rate: float = 0.1
+    server_momentum: float = 0.9
+    server_beta_1: float = 0.9
+    server_beta_2: float = 0.99
+    server_tau: float = 1e-3
+    # Robust aggregation: FedTrimmedAvg cuts this share of updates at each end of every
+    # coordinate; Krum assumes at most this many Byzantine sites per round.
+    trimmed_beta: float = 0.2
+    num_malicious_nodes: int = 0
 
     def validate(self) -> None:
         if self.num_server_rounds < 1:
@@ -130,6 +142,27 @@ class FederationConfig:
             )
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"config key 'run-name': invalid name {self.run_name!r}")
+        if self.server_learning_rate <= 0:
+            raise ConfigError(
+                "config key 'server-learning-rate': must be > 0, "
+                f"got {self.server_learning_rate}"
+            )
+        for key, value in (("server-momentum", self.server_momentum),
+                           ("server-beta-1", self.server_beta_1),
+                           ("server-beta-2", self.server_beta_2)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"config key '{key}': must be in [0, 1), got {value}")
+        if self.server_tau <= 0:
+            raise ConfigError(f"config key 'server-tau': must be > 0, got {self.server_tau}")
+        if not 0.0 <= self.trimmed_beta < 0.5:
+            raise ConfigError(
+                "config key 'trimmed-beta': must be in [0, 0.5) (the share cut at each "
+                f"end), got {self.trimmed_beta}"
+            )
+        if self.num_malicious_nodes < 0:
+            raise ConfigError(
+                f"config key 'num-malicious-nodes': must be >= 0, got {self.num_malicious_nodes}"
+            )
 
 
 @dataclass(frozen=True)
