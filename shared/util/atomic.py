@@ -6,18 +6,20 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None,
-                       fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` through a unique temporary file in the same folder.
+def atomic_save(path: Path | str, writer: Callable[[Path], Any], *,
+                mode: int | None = None) -> Path:
+    """Atomically replace ``path`` with what ``writer(tmp_path)`` writes.
 
-    ``mode`` (e.g. ``0o600`` for a private key) is set on the temporary file before any
-    byte lands, so the content is never readable with looser permissions. ``fsync``
-    flushes to disk before the rename (a crash leaves the old file, not an empty one).
-    The temporary name is unique per call, so two writers never share it.
+    ``writer`` gets a unique temporary file in the target folder (so two writers never
+    share it, and ``os.replace`` stays on one file system), e.g.
+    ``lambda tmp: torch.save(obj, tmp)``. ``mode`` (e.g. ``0o600`` for a private key)
+    is set before any byte lands. The file is flushed to disk before the rename, so a
+    crash leaves the old file, not an empty one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,17 +27,21 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        os.close(fd)
+        writer(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None) -> Path:
+    """Atomically write ``data`` to ``path`` (see :func:`atomic_save`)."""
+    return atomic_save(path, lambda tmp: tmp.write_bytes(data), mode=mode)
 
 
 def atomic_write_text(path: Path | str, text: str, *, mode: int | None = None) -> Path:
@@ -48,24 +54,3 @@ def atomic_write_json(path: Path | str, obj: Any, *, indent: int | None = 2,
     """:func:`atomic_write_bytes` for a JSON document (newline-terminated)."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n"
     return atomic_write_text(path, text)
-
-
-def atomic_save(path: Path | str, writer: Any) -> Path:
-    """Atomically write what ``writer(tmp_path)`` writes (for ``torch.save`` & co.).
-
-    ``writer`` gets the path of a unique temporary file in the target folder.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path

@@ -11,7 +11,6 @@ import torch
 from endofed.client.training import local_train, site_ledger
 from endofed.privacy.accounting import PrivacyBudgetError, compute_epsilon
 from endofed.privacy.dp import DPEngine, build_dp_engine
-from endofed.privacy.sampling import poisson_sample_rate, poisson_steps_per_epoch
 from endofed.shared.data.collate import Batch
 from endofed.shared.engine import Trainer
 from endofed.shared.model import trainable_state
@@ -30,15 +29,6 @@ def dp_engine(rt) -> DPEngine:
 
 def _weights(rt) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in trainable_state(rt.model).items()}
-
-
-def test_sample_rate_gives_exact_epoch_length() -> None:
-    for k in range(1, 2000):
-        q = poisson_sample_rate(k)
-        assert int(1.0 / q) == k
-        assert abs(q - 1.0 / k) < 1e-12
-    assert poisson_steps_per_epoch(6, 4) == 2
-    assert poisson_steps_per_epoch(3, 8) == 1
 
 
 def test_rounds_restart_and_budget(make_runtime) -> None:
