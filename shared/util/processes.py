@@ -138,9 +138,11 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int:
+        """Pid of the root (also its process group and session id)."""
         return self.popen.pid
 
     def running(self) -> bool:
+        """Whether the root has not exited (reaps it if it has)."""
         return self.popen.poll() is None
 
     def remember_descendants(self) -> None:
