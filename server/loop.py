@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -28,10 +27,17 @@ from endofed.server.replies import METRICS_KEY, screen_train_replies, site_of
 from endofed.server.report import render_run_report
 from endofed.server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
 from endofed.server.secagg import SecureTrainingPhase
-from endofed.server.strategies import build_strategy, load_strategy_state, strategy_state
+from endofed.server.strategies import (
+    base_strategy,
+    build_strategy,
+    clipping_norm,
+    load_strategy_state,
+    strategy_state,
+)
 from endofed.shared.build import model_for
 from endofed.shared.config import ConfigError, EndoFedConfig
 from endofed.shared.model import load_trainable_state, save_checkpoint, trainable_state
+from endofed.shared.util.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,26 @@ def study_id(run_dir: Path) -> str:
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"{path} is unreadable ({exc}); restore or delete it") from exc
     sid = uuid.uuid4().hex
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"study-id": sid, "run-dir": str(run_dir)}))
-    os.replace(tmp, path)
+    atomic_write_json(path, {"study-id": sid, "run-dir": str(run_dir)}, indent=None)
     return sid
+
+
+def check_secure_aggregation(cfg: EndoFedConfig) -> None:
+    """SecAgg+ rounds aggregate with SecAgg+'s own FedAvg: refuse what it would skip.
+
+    The configured strategy and a central-DP wrapper never see a secure round's
+    updates, so asking for them together with ``secagg`` is an error, not a no-op.
+    """
+    if not cfg.privacy.secagg:
+        return
+    dp = cfg.privacy.central_dp.lower()
+    if cfg.federation.strategy.lower() != "fedavg" or dp not in ("", "none"):
+        raise ConfigError(
+            "config key 'secagg': secure aggregation sums the updates with FedAvg and "
+            "nothing else sees them, so it needs strategy=fedavg and central-dp=none "
+            f"(got strategy={cfg.federation.strategy!r}, "
+            f"central-dp={cfg.privacy.central_dp!r})"
+        )
 
 
 class FederatedRun:
@@ -77,6 +99,7 @@ class FederatedRun:
         run_config: dict[str, Any],
         context: Context | None = None,
     ) -> None:
+        check_secure_aggregation(cfg)
         self.cfg = cfg
         self.grid = grid
         self.context = context
@@ -193,9 +216,10 @@ class FederatedRun:
         waits for).
         """
         configured = self.cfg.federation.min_available_nodes
-        if not hasattr(self.strategy, "min_available_nodes"):
+        inner = base_strategy(self.strategy)  # the DP wrappers sample through it
+        if not hasattr(inner, "min_available_nodes"):
             return
-        self.strategy.min_available_nodes = configured
+        inner.min_available_nodes = configured
         if not self._rounds_run or self._online_nodes() >= configured:
             return
         deadline = time.monotonic() + self.cfg.federation.round_timeout
@@ -209,7 +233,7 @@ class FederatedRun:
             log.warning("round %d: only %d of min-available-nodes=%d SuperNodes online "
                         "after %.0fs; going on with %d", server_round, online, configured,
                         self.cfg.federation.round_timeout, cap)
-            self.strategy.min_available_nodes = cap
+            inner.min_available_nodes = cap
             self.state.events.append(
                 {"round": server_round, "site": "global", "event": "degraded",
                  "reason": f"{online} of min-available-nodes={configured} nodes online"}
@@ -219,6 +243,7 @@ class FederatedRun:
         self, server_round: int, arrays: ArrayRecord
     ) -> tuple[ArrayRecord, dict[str, dict[str, float]]]:
         self._relax_min_available(server_round, self.cfg.federation.min_train_nodes)
+        clip = clipping_norm(self.strategy)  # the norm this round's updates are clipped to
         messages = list(
             self.strategy.configure_train(
                 server_round, arrays, self._base_config(server_round), self.grid
@@ -255,6 +280,8 @@ class FederatedRun:
             rows.setdefault(site, {})[event] = 1.0
             self.state.events.append({"round": server_round, "site": site, "node": node,
                                       "event": event, "reason": item.reason})
+        if clip is not None:
+            rows.setdefault("global", {})["central-dp-clip-norm"] = clip
         replied = {node_of(r) for r in replies}
         silent = [m.metadata.dst_node_id for m in messages
                   if m.metadata.dst_node_id not in replied]
@@ -283,8 +310,9 @@ class FederatedRun:
         if new_arrays is None:
             log.warning("round %d: strategy returned no aggregate", server_round)
             return arrays, rows
-        rows["global"] = {k: float(v) for k, v in (agg_metrics or {}).items()
-                          if not isinstance(v, list)}
+        rows["global"] = {**rows.get("global", {}),
+                          **{k: float(v) for k, v in (agg_metrics or {}).items()
+                             if not isinstance(v, list)}}
         rows["global"]["sites-aggregated"] = float(len(valid))
         return new_arrays, rows
 
@@ -361,7 +389,7 @@ class FederatedRun:
             rows = ["| Round | Site | Event | Reason |", "|---|---|---|---|"]
             rows += [f"| {e['round']} | {e['site']} | {e['event']} | {e.get('reason', '')} |"
                      for e in self.state.events]
-            (self.run_dir / "events.md").write_text("\n".join(rows) + "\n")
+            atomic_write_text(self.run_dir / "events.md", "\n".join(rows) + "\n")
         render_run_report(self.run_dir)
         log.info("run report: %s", self.run_dir / "report.md")
 
