@@ -90,7 +90,7 @@ def bench_kvasir(samples: list[Sample], config: PreprocessConfig, repeats: int) 
     t = time.perf_counter()
     cropped, infos = [], []
     for s in samples:
-        out, info = preprocess_sample(s, no_denoise, det)
+        out, info = preprocess_sample(s, no_denoise, detector=det)
         cropped.append(out)
         infos.append(info)
     t_crop = time.perf_counter() - t
@@ -110,7 +110,7 @@ def bench_kvasir(samples: list[Sample], config: PreprocessConfig, repeats: int) 
     # full pipeline in one call, as used at the site
     t0 = time.perf_counter()
     for s in samples:
-        preprocess_sample(s, config, det)
+        preprocess_sample(s, config, detector=det)
     t_full = time.perf_counter() - t0
     n = len(samples)
     throughput = {

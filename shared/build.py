@@ -13,7 +13,13 @@ from endofed.shared.data.sample import Sample, SampleRecord
 from endofed.shared.data.site import load_sample
 from endofed.shared.data.split import split_records
 from endofed.shared.model import ImprovedSSD, build_model
-from endofed.shared.preprocessing import PreprocessConfig, SiteCache, cached_loader
+from endofed.shared.overlay_detector import overlay_detector_for
+from endofed.shared.preprocessing import (
+    OverlayDetector,
+    PreprocessConfig,
+    SiteCache,
+    cached_loader,
+)
 
 
 def preprocess_config_for(cfg: EndoFedConfig) -> PreprocessConfig:
@@ -38,12 +44,21 @@ def preprocess_cache_dir(cfg: EndoFedConfig) -> Path:
     return Path(cfg.federation.runs_dir).expanduser().resolve() / "_cache" / "preprocess"
 
 
-def sample_loader_for(cfg: EndoFedConfig) -> Callable[[SampleRecord], Sample]:
+def sample_loader_for(
+    cfg: EndoFedConfig, *, detector: OverlayDetector | None = None
+) -> Callable[[SampleRecord], Sample]:
     """``record -> Sample``: through the content-addressed preprocessing cache when the
-    site enables preprocessing, so a round never redoes it."""
+    site enables preprocessing, so a round never redoes it.
+
+    ``detector`` is the overlay detector (default: the one ``preprocess-detector``
+    names, built by :func:`~endofed.shared.overlay_detector.overlay_detector_for`).
+    """
     if not cfg.preprocess.preprocess:
         return load_sample
-    return cached_loader(SiteCache(preprocess_cache_dir(cfg), preprocess_config_for(cfg)))
+    config = preprocess_config_for(cfg)
+    if detector is None and config.detect_overlays:
+        detector = overlay_detector_for(config)
+    return cached_loader(SiteCache(preprocess_cache_dir(cfg), config, detector=detector))
 
 
 def dataset_for(

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from endofed.shared.engine import resolve_device
-    from endofed.shared.preprocessing.learned_overlay import train_overlay_detector
+    from endofed.shared.overlay_detector import train_overlay_detector
 
     if args.threads > 0:
         import torch
@@ -86,16 +86,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from endofed.shared.preprocessing import PreprocessConfig
-    from endofed.shared.preprocessing.learned_overlay import (
+    from endofed.shared.overlay_detector import (
+        LEARNED,
         LearnedDetector,
         make_composites,
         overlay_recall,
     )
+    from endofed.shared.preprocessing import PreprocessConfig
 
     try:
         det = LearnedDetector(
-            PreprocessConfig(detector="learned", detector_path=str(args.file)),
+            PreprocessConfig(detector=LEARNED, detector_path=str(args.file)),
             score_thresh=args.score_thresh,
         )
         comps = make_composites(args.images, backgrounds=args.backgrounds, size=args.size,

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-denoise", action="store_true", help="no median and no wavelet stage")
     p.add_argument("--no-median", action="store_true", help="skip the 5x5 median filter")
     p.add_argument("--no-wavelet", action="store_true", help="skip the Sym4 wavelet stage")
-    p.add_argument("--detector", default="classical", help="overlay detector (default classical)")
+    p.add_argument("--detector", default="classical",
+                   help="overlay detector: classical (default) or learned (needs --detector-path)")
     p.add_argument("--detector-path", default=None, help="weights file of a learned detector")
     p.add_argument("--wavelet-levels", type=int, default=None)
     p.add_argument("--threshold", choices=("BayesShrink", "VisuShrink"), default=None)
@@ -61,6 +62,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from endofed.shared.overlay_detector import overlay_detector_for
     from endofed.shared.preprocessing import preprocess_site
 
     if not args.site_dir.is_dir():
@@ -68,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
+        detector = overlay_detector_for(config) if config.detect_overlays else None
         report = preprocess_site(
             args.site_dir,
             args.out,
             config,
+            detector=detector,
             workers=max(1, args.workers),
             cache_dir=args.cache_dir,
             progress=not args.no_progress,
         )
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         log.error("preprocess %s: %s", args.site_dir, exc)
         return 2
     summary = report.to_dict()

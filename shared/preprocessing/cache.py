@@ -1,11 +1,13 @@
 """Per-site, content-addressed cache of preprocessed samples, and whole-site preprocessing.
 
 A cache entry is keyed by a BLAKE2b hash of the image bytes, the mask bytes, the
-record's boxes/labels/segmentation and the pipeline fingerprint
-(:meth:`PreprocessConfig.fingerprint`, which includes the pipeline version). A changed
-file or a changed pipeline therefore gives a new key: stale results are never reused.
-Entries are a PNG (the preprocessed image) plus an ``.npz`` (packed mask, boxes,
-labels, the preprocessing report), written atomically.
+record's boxes/labels/segmentation, the pipeline fingerprint
+(:meth:`PreprocessConfig.fingerprint`, which includes the pipeline version) and the
+overlay detector's fingerprint (its kind and, for a learned one, its weights). A
+changed file, pipeline or detector therefore gives a new key: stale results are never
+reused. Entries are a PNG (the preprocessed image) plus an ``.npz`` (packed mask,
+boxes, labels, the preprocessing report), written atomically; a damaged entry is
+recomputed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -24,33 +25,34 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from endofed.shared.data.sample import Sample, SampleRecord
+from endofed.shared.data.site import load_sample, scan_site
+from endofed.shared.preprocessing.classical_detector import default_detector
 from endofed.shared.preprocessing.config import PreprocessConfig
-from endofed.shared.preprocessing.overlay import Detector
+from endofed.shared.preprocessing.overlay import OverlayDetector
 from endofed.shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+from endofed.shared.util.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[SampleRecord], Sample]
 
 
-def _default_loader() -> Loader:
-    from endofed.shared.data.site import load_sample
-
-    return load_sample
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _resolve_detector(
+    config: PreprocessConfig, detector: OverlayDetector | None
+) -> OverlayDetector | None:
+    """The detector the pipeline will use (``None`` when it detects no overlays)."""
+    if not config.detect_overlays:
+        return None
+    if detector is None:
+        return default_detector(config)
+    if not isinstance(detector, OverlayDetector):
+        raise TypeError(f"detector {detector!r} is not an OverlayDetector (a callable "
+                        "image -> OverlayDetection with a fingerprint)")
+    return detector
 
 
 def _encode_png(array: np.ndarray, path: Path) -> bytes:
@@ -67,21 +69,31 @@ class SiteCache:
 
     ``get(record)`` returns the preprocessed sample, computing and storing it only on
     a miss; ``computed`` and ``hits`` count both cases.
+
+    Args:
+        root_dir: where entries are stored.
+        config: the pipeline (default: :class:`PreprocessConfig` defaults).
+        loader: ``record -> Sample`` of the raw sample (default: ``load_sample``).
+        detector: the overlay detector (default: the classical one; a config that
+            names another detector needs it passed in).
     """
 
     def __init__(
         self,
         root_dir: Path | str,
         config: PreprocessConfig | None = None,
+        *,
         loader: Loader | None = None,
+        detector: OverlayDetector | None = None,
     ) -> None:
         self.root = Path(root_dir)
         self.config = config or PreprocessConfig()
-        self.loader = loader
+        self.loader = loader or load_sample
+        self.detector = _resolve_detector(self.config, detector)
         self.computed = 0
         self.hits = 0
-        self._fingerprint = self.config.fingerprint()
-        self._detector: Detector | None = None
+        detector_print = self.detector.fingerprint if self.detector is not None else "none"
+        self._fingerprint = f"{self.config.fingerprint()}|detector={detector_print}"
         self._key_memo: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ keys
@@ -130,19 +142,14 @@ class SiteCache:
                 return sample, info
             except (OSError, ValueError, KeyError) as exc:  # damaged entry: recompute
                 logger.warning("cache entry %s unreadable (%s); recomputing", npz_path, exc)
-        loader = self.loader or _default_loader()
-        sample = loader(record)
-        if self._detector is None and self.config.detect_overlays:
-            from endofed.shared.preprocessing.overlay import get_detector
-
-            self._detector = get_detector(self.config)
-        out, info = preprocess_sample(sample, self.config, self._detector)
+        sample = self.loader(record)
+        out, info = preprocess_sample(sample, self.config, detector=self.detector)
         self._write(out, info, img_path, npz_path)
         self.computed += 1
         return out, info
 
     def _write(self, sample: Sample, info: PreprocessInfo, img_path: Path, npz_path: Path) -> None:
-        _atomic_write(img_path, _encode_png(sample.image, img_path))
+        atomic_write_bytes(img_path, _encode_png(sample.image, img_path))
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -152,7 +159,7 @@ class SiteCache:
             labels=sample.labels.astype(np.int64),
             info=np.asarray(json.dumps(info.to_dict())),
         )
-        _atomic_write(npz_path, buf.getvalue())
+        atomic_write_bytes(npz_path, buf.getvalue())
 
     @staticmethod
     def _read(
@@ -222,10 +229,12 @@ class SiteReport:
 _WORKER: dict[str, SiteCache] = {}
 
 
-def _worker_init(cache_dir: str, config: PreprocessConfig) -> None:
+def _worker_init(
+    cache_dir: str, config: PreprocessConfig, detector: OverlayDetector | None
+) -> None:
     # Do NOT call cv2.setNumThreads here: in a forked child whose parent already used
     # OpenCV's thread pool (the site scan decodes in threads) it deadlocks.
-    _WORKER["cache"] = SiteCache(cache_dir, config)
+    _WORKER["cache"] = SiteCache(cache_dir, config, detector=detector)
 
 
 def _process(record: SampleRecord, stem: str, out_dir: str) -> dict:
@@ -237,10 +246,9 @@ def _process(record: SampleRecord, stem: str, out_dir: str) -> dict:
         return {"stem": stem, "path": str(record.image_path), "error": f"{exc}"}
     out = Path(out_dir)
     img_rel, mask_rel = f"images/{stem}.png", f"masks/{stem}.png"
-    _atomic_write(out / img_rel, _encode_png(sample.image, out / img_rel))
-    _atomic_write(
-        out / mask_rel, _encode_png(sample.mask.astype(np.uint8) * 255, out / mask_rel)
-    )
+    atomic_write_bytes(out / img_rel, _encode_png(sample.image, out / img_rel))
+    mask_png = _encode_png(sample.mask.astype(np.uint8) * 255, out / mask_rel)
+    atomic_write_bytes(out / mask_rel, mask_png)
     return {
         "stem": stem,
         "path": str(record.image_path),
@@ -261,6 +269,7 @@ def preprocess_site(
     out_dir: Path | str,
     config: PreprocessConfig | None = None,
     *,
+    detector: OverlayDetector | None = None,
     workers: int = 1,
     cache_dir: Path | str | None = None,
     progress: bool = True,
@@ -272,20 +281,15 @@ def preprocess_site(
     columns kept), and ``preprocess_report.json``. Results go through a
     :class:`SiteCache` (default ``out_dir/.cache``), so a second run recomputes
     nothing. An unreadable image is logged, counted in the report and skipped.
+    ``detector`` is the overlay detector (default: the classical one); each worker
+    process gets it.
     """
-    from tqdm import tqdm
-
-    from endofed.shared.data.site import scan_site
-
     config = config or PreprocessConfig()
     site_dir, out_dir = Path(site_dir), Path(out_dir)
     if site_dir.resolve() == out_dir.resolve():
         raise ValueError(f"{out_dir}: output folder must differ from the site folder")
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
-    if config.detect_overlays:
-        from endofed.shared.preprocessing.overlay import get_detector
-
-        get_detector(config)  # fail fast on a bad detector name or weights file
+    detector = _resolve_detector(config, detector)  # fails fast on a detector it cannot build
     index = scan_site(site_dir)
     report = SiteReport(str(site_dir), str(out_dir), images_found=index.report.images_found)
     report.scan_problems = [(p.path, p.reason) for p in index.report.problems]
@@ -301,7 +305,7 @@ def preprocess_site(
     results: list[dict] = []
     bar = tqdm(total=len(jobs), desc=f"preprocess {site_dir.name}", disable=not progress)
     if workers <= 1:
-        _worker_init(str(cache_dir), config)
+        _worker_init(str(cache_dir), config, detector)
         for rec, stem in jobs:
             results.append(_process(rec, stem, str(out_dir)))
             bar.update()
@@ -309,7 +313,7 @@ def preprocess_site(
         with ProcessPoolExecutor(
             max_workers=workers,
             initializer=_worker_init,
-            initargs=(str(cache_dir), config),
+            initargs=(str(cache_dir), config, detector),
         ) as pool:
             futures = [pool.submit(_process, rec, stem, str(out_dir)) for rec, stem in jobs]
             for fut in as_completed(futures):
@@ -343,9 +347,9 @@ def preprocess_site(
                 for b, lab in zip(r["boxes"], r["labels"])
             ],
         }
-    _atomic_write(out_dir / "bboxes.json", json.dumps(bboxes, indent=1).encode())
+    atomic_write_bytes(out_dir / "bboxes.json", json.dumps(bboxes, indent=1).encode())
     _write_manifest(site_dir, out_dir, results)
-    _atomic_write(
+    atomic_write_bytes(
         out_dir / "preprocess_report.json",
         json.dumps(
             {"config": config.to_dict(), "report": report.to_dict(),
@@ -366,8 +370,6 @@ def _write_manifest(site_dir: Path, out_dir: Path, results: list[dict]) -> None:
     src = site_dir / "manifest.csv"
     if not src.is_file():
         return
-    import pandas as pd
-
     df = pd.read_csv(src, dtype=str, keep_default_na=False)
     if "image" not in df.columns:
         return
@@ -383,6 +385,6 @@ def _write_manifest(site_dir: Path, out_dir: Path, results: list[dict]) -> None:
             row["mask"] = r["mask"]
         rows.append(row)
     out = pd.DataFrame(rows, columns=df.columns)
-    _atomic_write(
+    atomic_write_bytes(
         out_dir / "manifest.csv", out.to_csv(index=False, quoting=csv.QUOTE_MINIMAL).encode()
     )

@@ -9,15 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from endofed.shared.data.sample import Sample
+from endofed.shared.preprocessing.classical_detector import default_detector
 from endofed.shared.preprocessing.config import PreprocessConfig
 from endofed.shared.preprocessing.crop import CropBox, apply_crop, find_crop, inpaint_text
 from endofed.shared.preprocessing.denoise import denoise
-from endofed.shared.preprocessing.overlay import (
-    Detector,
-    OverlayBox,
-    get_detector,
-    masks_from_boxes,
-)
+from endofed.shared.preprocessing.overlay import OverlayBox, OverlayDetector, masks_from_boxes
 
 
 @dataclass
@@ -50,12 +46,15 @@ class PreprocessInfo:
 
 
 def preprocess_sample(
-    sample: Sample, config: PreprocessConfig | None = None, detector: Detector | None = None
+    sample: Sample,
+    config: PreprocessConfig | None = None,
+    *,
+    detector: OverlayDetector | None = None,
 ) -> tuple[Sample, PreprocessInfo]:
     """Preprocess image, mask and boxes together; returns the new sample and a report.
 
-    ``detector`` defaults to ``get_detector(config)``; pass one to reuse it over many
-    images (the learned detector loads a file).
+    ``detector`` finds the overlays (default: :func:`default_detector`, the classical
+    one; a config naming another detector needs it passed in).
     """
     config = config or PreprocessConfig()
     image, mask, boxes = sample.image, sample.mask, sample.boxes
@@ -68,7 +67,7 @@ def preprocess_sample(
 
     t = time.perf_counter()
     if config.detect_overlays and (config.crop or config.inpaint_text):
-        detector = detector or get_detector(config)
+        detector = detector if detector is not None else default_detector(config)
         detection = detector(image)
         overlays = detection.boxes
         content, text = masks_from_boxes(detection, image)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from endofed.shared.data.sample import Sample, SampleMeta
+from endofed.shared.data.synthetic import device_profile_for_site, render_frame
 
 
 def kvasir_like_frame(
@@ -67,8 +68,6 @@ def as_sample(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray | None = No
 @pytest.fixture
 def synthetic_frames():
     """Frames from the shared synthetic generator (with overlay ground truth)."""
-    from endofed.shared.data.synthetic import device_profile_for_site, render_frame
-
     frames = []
     for i in range(100):
         rng = np.random.default_rng(1000 + i)

@@ -4,18 +4,28 @@ import cv2
 import numpy as np
 import pytest
 
-from endofed.shared.data.site import scan_site
+from endofed.shared.data.dataset import DetectionDataset
+from endofed.shared.data.site import load_sample, scan_site
 from endofed.shared.data.synthetic import write_site
 from endofed.shared.preprocessing import (
+    OverlayDetection,
     PreprocessConfig,
     SiteCache,
     cached_loader,
     preprocess_sample,
     preprocess_site,
 )
-from endofed.shared.preprocessing.cache import _default_loader
 
 FAST = PreprocessConfig(wavelet_levels=1)
+
+
+class FindsNothing:
+    """An overlay detector that finds no overlays (so nothing is cropped)."""
+
+    fingerprint = "finds-nothing:v1"
+
+    def __call__(self, image: np.ndarray) -> OverlayDetection:
+        return OverlayDetection(boxes=[])
 
 
 @pytest.fixture
@@ -38,7 +48,7 @@ def test_cache_hit_and_same_result(site, tmp_path):
         np.testing.assert_array_equal(a.mask, b.mask)
         np.testing.assert_array_equal(a.boxes, b.boxes)
         # and the cached result is what the pipeline computes
-        direct, _ = preprocess_sample(_default_loader()(rec), FAST)
+        direct, _ = preprocess_sample(load_sample(rec), FAST)
         np.testing.assert_array_equal(direct.image, b.image)
 
 
@@ -59,9 +69,42 @@ def test_cache_invalidated_by_file_change_and_version(site, tmp_path):
     assert bumped.computed == 1 and bumped.hits == 0
 
 
-def test_cached_loader_plugs_into_dataset(site, tmp_path):
-    from endofed.shared.data.dataset import DetectionDataset
+def test_cache_key_changes_with_the_detector(site, tmp_path):
+    rec = scan_site(site).records[0]
+    classical = SiteCache(tmp_path / "cache", FAST)
+    other = SiteCache(tmp_path / "cache", FAST, detector=FindsNothing())
+    assert classical.key(rec) != other.key(rec)
+    cropped, info = classical.get(rec)
+    full, other_info = other.get(rec)
+    assert (other.computed, other.hits) == (1, 0)  # never the classical detector's entry
+    assert info.crop_box != other_info.crop_box == (0, 0, rec.width, rec.height)
+    assert cropped.image.shape != full.image.shape
+    again = SiteCache(tmp_path / "cache", FAST, detector=FindsNothing())
+    np.testing.assert_array_equal(again.get(rec)[0].image, full.image)
+    assert (again.computed, again.hits) == (0, 1)
+    # without overlay detection no detector takes part in the key
+    off = PreprocessConfig(wavelet_levels=1, crop=False, inpaint_text=False,
+                           detect_overlays=False)
+    assert (SiteCache(tmp_path / "c", off).key(rec)
+            == SiteCache(tmp_path / "c", off, detector=FindsNothing()).key(rec))
 
+
+def test_a_detector_the_pipeline_does_not_build_must_be_passed_in(site, tmp_path):
+    learned = PreprocessConfig(detector="learned", detector_path=str(tmp_path / "w.pt"))
+    with pytest.raises(ValueError, match="'learned'.*overlay_detector_for"):
+        SiteCache(tmp_path / "cache", learned)
+    with pytest.raises(ValueError, match="'learned'"):
+        preprocess_site(site, tmp_path / "out", learned, progress=False)
+    with pytest.raises(TypeError, match="not an OverlayDetector"):
+        SiteCache(tmp_path / "cache", FAST, detector=lambda image: OverlayDetection([]))
+    out = tmp_path / "out2"
+    report = preprocess_site(site, out, learned, detector=FindsNothing(), progress=False)
+    assert report.written == 6
+    images = json.loads((out / "preprocess_report.json").read_text())["images"]
+    assert all(tuple(r["crop_box"]) == (0, 0, r["width"], r["height"]) for r in images)
+
+
+def test_cached_loader_plugs_into_dataset(site, tmp_path):
     index = scan_site(site)
     cache = SiteCache(tmp_path / "cache", FAST)
     ds = DetectionDataset(index.records, image_size=64, train=False, loader=cached_loader(cache))

@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
+from endofed.shared.data.synthetic import render_frame
 from endofed.shared.preprocessing import PreprocessConfig, denoise, denoise_reference
 
 
 def _clean(seed=0, size=128):
-    from endofed.shared.data.synthetic import render_frame
-
     return render_frame(np.random.default_rng(seed), size=size, overlays=False).image
 
 

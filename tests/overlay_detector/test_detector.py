@@ -1,4 +1,4 @@
-"""The optional learned overlay detector: composites, training, loading, pipeline use."""
+"""The learned overlay detector: trained, loaded, mapped to frame pixels, used by the pipeline."""
 
 from __future__ import annotations
 
@@ -6,59 +6,27 @@ import numpy as np
 import pytest
 import torch
 
-from endofed.shared.preprocessing import PreprocessConfig, available_detectors, get_detector
-from endofed.shared.preprocessing.learned_overlay import (
+from endofed.shared.data.site import scan_site
+from endofed.shared.data.synthetic import write_site
+from endofed.shared.model import build_model, save_checkpoint
+from endofed.shared.overlay_detector import (
     CHECKPOINT_KIND,
     CLASS_NAMES,
     LearnedDetector,
     make_composites,
     overlay_recall,
-    train_overlay_detector,
 )
+from endofed.shared.preprocessing import OverlayDetector, PreprocessConfig, SiteCache
 from endofed.shared.preprocessing.pipeline import preprocess_sample
 
-from .conftest import as_sample
-
-torch.set_num_threads(1)
-
-IMAGE_SIZE = 96
+from .conftest import IMAGE_SIZE, as_sample
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> str:
-    """A detector trained on 32 composites for 30 epochs (~10-25 s on one CPU thread)."""
-    out = tmp_path_factory.mktemp("overlay") / "overlay.pt"
-    train_overlay_detector(out, n_images=32, image_size=IMAGE_SIZE, epochs=30, batch_size=8,
-                           seed=0, device="cpu")
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def fresh():
-    """Composites never seen in training (another seed)."""
-    return make_composites(16, size=192, seed=4242)
-
-
-def test_composites_have_exact_overlays():
-    comps = make_composites(12, size=128, seed=3)
-    for c in comps:
-        assert c.image.shape == (128, 128, 3) and c.image.dtype == np.uint8
-        assert set(c.types) <= set(CLASS_NAMES)
-        assert len(c.boxes) == len(c.types)
-        for (x0, y0, x1, y1), kind in zip(c.boxes, c.types, strict=True):
-            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
-            patch = c.image[int(y0):int(y1), int(x0):int(x1)]
-            if kind in ("border", "box"):
-                # border strips and panels are black apart from text drawn over them
-                assert np.median(patch.max(axis=2)) < 10
-            if kind == "text":
-                assert patch.min(axis=2).max() > 110  # bright, grey strokes present
-    kinds = {t for c in comps for t in c.types}
-    assert {"border", "text", "box"} <= kinds
-
-
-def test_detector_registered():
-    assert "learned" in available_detectors()
+def _untrained(path, seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    model = build_model(preset="tiny", num_classes=len(CLASS_NAMES), image_size=IMAGE_SIZE)
+    return str(save_checkpoint(path, model, extra={
+        "kind": CHECKPOINT_KIND, "class_names": list(CLASS_NAMES), "image_size": IMAGE_SIZE}))
 
 
 def test_learned_detector_finds_border_and_panel(trained, fresh, tmp_path):
@@ -71,12 +39,8 @@ def test_learned_detector_finds_border_and_panel(trained, fresh, tmp_path):
     assert rec["box"]["recall"] >= 0.5, rec
 
     # the same architecture, untrained, finds next to nothing
-    from endofed.shared.model import build_model, save_checkpoint
-
-    untrained = build_model(preset="tiny", num_classes=len(CLASS_NAMES), image_size=IMAGE_SIZE)
-    path = save_checkpoint(tmp_path / "untrained.pt", untrained, extra={
-        "kind": CHECKPOINT_KIND, "class_names": list(CLASS_NAMES), "image_size": IMAGE_SIZE})
-    base = LearnedDetector(PreprocessConfig(detector="learned", detector_path=str(path)),
+    path = _untrained(tmp_path / "untrained.pt")
+    base = LearnedDetector(PreprocessConfig(detector="learned", detector_path=path),
                            score_thresh=0.15)
     rec0 = overlay_recall(base.detect_boxes, fresh)
     assert rec["border"]["recall"] > rec0["border"]["recall"] + 0.3
@@ -98,14 +62,12 @@ def test_boxes_mapped_to_frame_coordinates(trained, fresh):
 def test_missing_file_clear_error(tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        get_detector(PreprocessConfig(detector="learned", detector_path=str(missing)))
+        LearnedDetector(PreprocessConfig(detector="learned", detector_path=str(missing)))
     with pytest.raises(ValueError, match="detector_path"):
-        get_detector(PreprocessConfig(detector="learned"))
+        LearnedDetector(PreprocessConfig(detector="learned"))
 
 
 def test_not_an_overlay_checkpoint(tmp_path):
-    from endofed.shared.model import build_model, save_checkpoint
-
     lesion = save_checkpoint(tmp_path / "lesion.pt",
                              build_model(preset="tiny", num_classes=1, image_size=64))
     with pytest.raises(ValueError, match="lesion.pt.*not an overlay detector"):
@@ -116,11 +78,29 @@ def test_not_an_overlay_checkpoint(tmp_path):
         LearnedDetector(PreprocessConfig(detector="learned", detector_path=str(junk)))
 
 
+def test_new_weights_at_the_same_path_change_the_cache_key(tmp_path):
+    """A retrained detector written over the old file never reuses cached results."""
+    write_site(tmp_path / "site", n_images=1, seed=0, size=96)
+    rec = scan_site(tmp_path / "site").records[0]
+    weights = tmp_path / "overlay.pt"
+    config = PreprocessConfig(detector="learned", detector_path=str(weights))
+    _untrained(weights, seed=0)
+    first = LearnedDetector(config)
+    assert isinstance(first, OverlayDetector)
+    _untrained(weights, seed=1)  # retrained: same path, other weights
+    second = LearnedDetector(config)
+    assert first.fingerprint != second.fingerprint
+    assert second.fingerprint == LearnedDetector(config).fingerprint
+    key = SiteCache(tmp_path / "cache", config, detector=first).key(rec)
+    assert key != SiteCache(tmp_path / "cache", config, detector=second).key(rec)
+    assert key != SiteCache(tmp_path / "cache", config,
+                            detector=LearnedDetector(config, score_thresh=0.5)).key(rec)
+
+
 def test_preprocess_sample_with_learned_detector(trained):
     c = make_composites(1, size=192, seed=77)[0]
-    sample = as_sample(c.image, np.zeros(c.image.shape[:2], bool))
     config = PreprocessConfig(detector="learned", detector_path=trained)
-    out, info = preprocess_sample(sample, config)
+    out, info = preprocess_sample(as_sample(c.image), config, detector=LearnedDetector(config))
     assert out.image.dtype == np.uint8 and out.image.ndim == 3
     assert info.overlays and all(o.type in CLASS_NAMES for o in info.overlays)
     x0, y0, x1, y1 = info.crop_box

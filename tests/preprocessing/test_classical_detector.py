@@ -6,8 +6,9 @@ from torchvision.ops import box_iou
 from endofed.shared.preprocessing import (
     ClassicalDetector,
     OverlayBox,
+    OverlayDetector,
     PreprocessConfig,
-    get_detector,
+    default_detector,
 )
 
 from .conftest import kvasir_like_frame
@@ -73,11 +74,22 @@ def test_clean_frame_has_no_border_or_panel():
     assert d.content.all()
 
 
-def test_registry_and_validation():
-    assert isinstance(get_detector(PreprocessConfig()), ClassicalDetector)
-    with pytest.raises(ValueError, match="unknown overlay detector"):
-        get_detector(PreprocessConfig(detector="nope"))
+def test_default_detector_and_validation():
+    assert isinstance(default_detector(PreprocessConfig()), ClassicalDetector)
+    assert isinstance(ClassicalDetector(), OverlayDetector)
+    # the pipeline builds only the classical detector; another one is passed in
+    with pytest.raises(ValueError, match="'nope'.*overlay_detector_for"):
+        default_detector(PreprocessConfig(detector="nope"))
+    with pytest.raises(ValueError, match="'learned'.*detector="):
+        default_detector(PreprocessConfig(detector="learned", detector_path="x.pt"))
     with pytest.raises(ValueError, match="overlay type"):
         OverlayBox("logo", (0, 0, 1, 1))
     with pytest.raises(ValueError, match="RGB uint8"):
         ClassicalDetector()(np.zeros((8, 8), np.uint8))
+
+
+def test_fingerprint_names_what_the_output_depends_on():
+    assert ClassicalDetector().fingerprint == ClassicalDetector(PreprocessConfig()).fingerprint
+    assert "classical" in ClassicalDetector().fingerprint
+    assert (ClassicalDetector(PreprocessConfig(dark_threshold=40)).fingerprint
+            != ClassicalDetector().fingerprint)
