@@ -4,7 +4,7 @@ The overlay detector is a part of the pipeline (``detector=``); the classical on
 the default. The learned detector is in :mod:`endofed.shared.overlay_detector`.
 """
 
-from endofed.shared.preprocessing.cache import SiteCache, SiteReport, cached_loader, preprocess_site
+from endofed.shared.preprocessing.cache import SiteCache, cached_loader
 from endofed.shared.preprocessing.classical_detector import (
     CLASSICAL,
     ClassicalDetector,
@@ -21,6 +21,7 @@ from endofed.shared.preprocessing.overlay import (
     masks_from_boxes,
 )
 from endofed.shared.preprocessing.pipeline import PreprocessInfo, preprocess_sample
+from endofed.shared.preprocessing.whole_site import SiteReport, preprocess_site
 
 __all__ = [
     "CLASSICAL",

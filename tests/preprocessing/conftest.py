@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from endofed.shared.data.sample import Sample, SampleMeta
-from endofed.shared.data.synthetic import device_profile_for_site, render_frame
+from endofed.shared.data.synthetic import device_profile_for_site, render_frame, write_site
+from endofed.shared.preprocessing import OverlayDetection
 
 
 def kvasir_like_frame(
@@ -74,3 +75,20 @@ def synthetic_frames():
         size = (256, 256) if i % 2 else (224, 288)
         frames.append(render_frame(rng, size=size, profile=device_profile_for_site(i % 4)))
     return frames
+
+
+class FindsNothing:
+    """An overlay detector that finds no overlays (so nothing is cropped)."""
+
+    fingerprint = "finds-nothing:v1"
+
+    def __call__(self, image: np.ndarray) -> OverlayDetection:
+        return OverlayDetection(boxes=[])
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A small synthetic site on disk (6 images)."""
+    root = tmp_path / "site"
+    write_site(root, n_images=6, seed=4, size=(96, 112))
+    return root

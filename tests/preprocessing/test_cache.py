@@ -1,4 +1,4 @@
-import json
+"""The content-addressed site cache: hits, invalidation (files, pipeline, detector)."""
 
 import cv2
 import numpy as np
@@ -6,33 +6,17 @@ import pytest
 
 from endofed.shared.data.dataset import DetectionDataset
 from endofed.shared.data.site import load_sample, scan_site
-from endofed.shared.data.synthetic import write_site
 from endofed.shared.preprocessing import (
     OverlayDetection,
     PreprocessConfig,
     SiteCache,
     cached_loader,
     preprocess_sample,
-    preprocess_site,
 )
 
+from .conftest import FindsNothing
+
 FAST = PreprocessConfig(wavelet_levels=1)
-
-
-class FindsNothing:
-    """An overlay detector that finds no overlays (so nothing is cropped)."""
-
-    fingerprint = "finds-nothing:v1"
-
-    def __call__(self, image: np.ndarray) -> OverlayDetection:
-        return OverlayDetection(boxes=[])
-
-
-@pytest.fixture
-def site(tmp_path):
-    root = tmp_path / "site"
-    write_site(root, n_images=6, seed=4, size=(96, 112))
-    return root
 
 
 def test_cache_hit_and_same_result(site, tmp_path):
@@ -93,15 +77,11 @@ def test_a_detector_the_pipeline_does_not_build_must_be_passed_in(site, tmp_path
     learned = PreprocessConfig(detector="learned", detector_path=str(tmp_path / "w.pt"))
     with pytest.raises(ValueError, match="'learned'.*overlay_detector_for"):
         SiteCache(tmp_path / "cache", learned)
-    with pytest.raises(ValueError, match="'learned'"):
-        preprocess_site(site, tmp_path / "out", learned, progress=False)
     with pytest.raises(TypeError, match="not an OverlayDetector"):
         SiteCache(tmp_path / "cache", FAST, detector=lambda image: OverlayDetection([]))
-    out = tmp_path / "out2"
-    report = preprocess_site(site, out, learned, detector=FindsNothing(), progress=False)
-    assert report.written == 6
-    images = json.loads((out / "preprocess_report.json").read_text())["images"]
-    assert all(tuple(r["crop_box"]) == (0, 0, r["width"], r["height"]) for r in images)
+    rec = scan_site(site).records[0]
+    _, info = SiteCache(tmp_path / "cache", learned, detector=FindsNothing()).get(rec)
+    assert info.crop_box == (0, 0, rec.width, rec.height)
 
 
 def test_cached_loader_plugs_into_dataset(site, tmp_path):
@@ -111,31 +91,6 @@ def test_cached_loader_plugs_into_dataset(site, tmp_path):
     item = ds[0]
     assert item[0].shape == (3, 64, 64)
     assert cache.computed == 1
-
-
-@pytest.mark.timeout(120)
-def test_preprocess_site_layout_counts_and_skips_corrupt(site, tmp_path):
-    (site / "images" / "zz_broken.png").write_bytes(b"not an image")
-    out = tmp_path / "out"
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(2)  # regression: forked workers after OpenCV's pool ran must not hang
-    try:
-        cv2.resize(np.zeros((512, 512, 3), np.uint8), (300, 300))
-        report = preprocess_site(site, out, FAST, workers=2, progress=False)
-    finally:
-        cv2.setNumThreads(previous)
-    assert report.images_found == 7
-    assert report.written == 6 and report.computed == 6
-    assert len(report.scan_problems) + len(report.failed) == 1
-    assert any("zz_broken" in p for p, _ in report.scan_problems + report.failed)
-    assert len(list((out / "images").glob("*.png"))) == 6
-    # every loader reads the output; boxes match the preprocessed masks' lesions
-    index = scan_site(out)
-    assert len(index.records) == 6
-    boxes = json.loads((out / "bboxes.json").read_text())
-    assert set(boxes) == {r.image_path.stem for r in index.records}
-    again = preprocess_site(site, out, FAST, workers=1, progress=False)
-    assert (again.computed, again.cached) == (0, 6)
 
 
 def test_unreadable_file_after_scan_is_counted(site, tmp_path):

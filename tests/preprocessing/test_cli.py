@@ -24,3 +24,16 @@ def test_endofed_preprocess_rejects_unknown_detector(tmp_path, caplog):
                "--no-progress"])
     assert rc == 2
     assert "unknown overlay detector" in caplog.text
+
+
+def test_endofed_preprocess_learned_detector_needs_its_checkpoint(tmp_path, caplog):
+    site = tmp_path / "site"
+    write_site(site, n_images=1, seed=2, size=(80, 96))
+    rc = main(["preprocess", str(site), "--out", str(tmp_path / "o"), "--detector", "learned",
+               "--detector-path", str(tmp_path / "missing.pt"), "--no-progress"])
+    assert rc == 2
+    assert "missing.pt does not exist" in caplog.text
+    rc = main(["preprocess", str(site), "--out", str(tmp_path / "o"), "--detector", "learned",
+               "--no-progress"])
+    assert rc == 2
+    assert "detector_path" in caplog.text
