@@ -28,7 +28,7 @@ from endofed.shared.data.synthetic.tissue import draw_mucosa, draw_specular_high
 
 @dataclass
 class SyntheticFrame:
-    """One rendered frame and its exact ground truth (see :mod:`..synthetic`)."""
+    """One rendered frame and its exact ground truth (conventions: the package docstring)."""
 
     image: np.ndarray  # uint8 (H, W, 3) RGB
     mask: np.ndarray  # bool (H, W), union of the lesion masks

@@ -24,6 +24,7 @@ optics between them:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -75,7 +76,9 @@ class OverlayPlan:
         return [t for t, _ in self.labelled]
 
 
-def _text_lines(rng: np.random.Generator, device_names: tuple[str, ...]) -> tuple[list, list]:
+def _text_lines(
+    rng: np.random.Generator, device_names: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """Left column (date, time, settings, sometimes the device) and 0-2 right lines."""
     day, month, year = (int(v) for v in rng.integers((1, 1, 2008), (29, 13, 2024)))
     hh, mm, ss = (int(v) for v in rng.integers(0, (24, 60, 60)))
@@ -127,7 +130,7 @@ def layout_text(
     return lines
 
 
-def draw_text(image: np.ndarray, lines: tuple[TextLine, ...] | list[TextLine]) -> None:
+def draw_text(image: np.ndarray, lines: Sequence[TextLine]) -> None:
     """Burn text lines into ``image`` (float RGB, in place), anti-aliased."""
     for ln in lines:
         layer = np.zeros(image.shape[:2], np.uint8)
