@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from flwr.common.config import parse_config_args
 
-from endofed.simulations.federated import project_root
+from endofed.server.run_state import load_checkpoint
 from endofed.simulations.deployment import LocalDeployment
+from endofed.simulations.federated import project_root
 
 REPO = project_root()
 
@@ -168,7 +168,7 @@ def test_hospital_dies_mid_round_rejoins_and_bad_site_is_reported(
     r3 = df[df["round"] == 3].set_index("site")
     assert r3.loc["hosp-3", "train-loss"] > 0  # the restarted node trained again
 
-    state = torch.load(run_dir / "checkpoints" / "round_003.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoints" / "round_003.pt")  # weights_only
     events = state["events"]
     lost = [e for e in events if e["round"] == 2 and e["site"] == "hosp-3"]
     assert lost and lost[0]["event"] in {"unavailable", "missing"}, events
