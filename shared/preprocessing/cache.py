@@ -146,7 +146,7 @@ class SiteCache:
         return out, info
 
     def _write(self, sample: Sample, info: PreprocessInfo, img_path: Path, npz_path: Path) -> None:
-        atomic_write_bytes(img_path, encode_png(sample.image, img_path))
+        atomic_write_bytes(img_path, encode_png(sample.image, img_path), durable=False)
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -156,7 +156,7 @@ class SiteCache:
             labels=sample.labels.astype(np.int64),
             info=np.asarray(json.dumps(info.to_dict())),
         )
-        atomic_write_bytes(npz_path, buf.getvalue())
+        atomic_write_bytes(npz_path, buf.getvalue(), durable=False)
 
     @staticmethod
     def _read(

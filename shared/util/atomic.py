@@ -12,14 +12,15 @@ from typing import Any
 
 
 def atomic_save(path: Path | str, writer: Callable[[Path], Any], *,
-                mode: int | None = None) -> Path:
+                mode: int | None = None, durable: bool = True) -> Path:
     """Atomically replace ``path`` with what ``writer(tmp_path)`` writes.
 
     ``writer`` gets a unique temporary file in the target folder (so two writers never
     share it, and ``os.replace`` stays on one file system), e.g.
     ``lambda tmp: torch.save(obj, tmp)``. ``mode`` (e.g. ``0o600`` for a private key)
-    is set before any byte lands. The file is flushed to disk before the rename, so a
-    crash leaves the old file, not an empty one.
+    is set before any byte lands. With ``durable`` (the default) the file is flushed to
+    disk before the rename, so a crash leaves the old file, not an empty one; caches
+    whose entries can be recomputed pass ``durable=False`` and skip the fsync.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,8 +30,9 @@ def atomic_save(path: Path | str, writer: Callable[[Path], Any], *,
             os.fchmod(fd, mode)
         os.close(fd)
         writer(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -39,9 +41,10 @@ def atomic_save(path: Path | str, writer: Callable[[Path], Any], *,
     return path
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None) -> Path:
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None,
+                       durable: bool = True) -> Path:
     """Atomically write ``data`` to ``path`` (see :func:`atomic_save`)."""
-    return atomic_save(path, lambda tmp: tmp.write_bytes(data), mode=mode)
+    return atomic_save(path, lambda tmp: tmp.write_bytes(data), mode=mode, durable=durable)
 
 
 def atomic_write_text(path: Path | str, text: str, *, mode: int | None = None) -> Path:
