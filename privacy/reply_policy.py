@@ -16,6 +16,7 @@ from endofed.shared import protocol
 
 DP_REPORTABLE_METRICS: frozenset[str] = frozenset({
     protocol.NUM_EXAMPLES,
+    protocol.DECLINED,  # the refusal itself, with the ledger's spent/target below
     protocol.TRAIN_SECONDS,
     protocol.EPSILON_SPENT,
     protocol.EPSILON_TARGET,
