@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from endofed.shared.config import ConfigError
+
 # name -> module that defines ``register(subparsers)``
 COMMANDS: dict[str, str] = {
     "synth": "endofed.commands.synth",
@@ -59,7 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        if args.verbose:
+            raise
+        # A setting the user can fix: one line naming the key, no traceback.
+        print(f"endofed {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from flwr.app import ArrayRecord
 from tqdm.auto import tqdm
 
+from endofed.server.strategies import build_strategy
 from endofed.shared.build import dataset_for, loader_for
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.engine import Trainer, configure_threads, resolve_device
@@ -106,10 +108,19 @@ def collect_results(spec: ExperimentSpec, jobs: Sequence[Job]) -> pd.DataFrame:
     return results_frame(rows)
 
 
+def check_strategies(spec: ExperimentSpec) -> None:
+    """Build every federated arm's strategy once, so a bad knob (fedprox without
+    ``proximal-mu``) fails before the first arm runs, not inside a ServerApp hours later."""
+    for arm in spec.arms:
+        if arm.kind == FEDERATED:
+            build_strategy(spec.config(spec.seeds[0], strategy=arm.strategy), ArrayRecord())
+
+
 def run_experiment(spec: ExperimentSpec) -> ExperimentResult:
     """Run (or resume) the grid and write ``results.csv``, ``summary.md`` and plots."""
     spec.out = Path(spec.out).resolve()
     spec.validate()
+    check_strategies(spec)
     spec.out.mkdir(parents=True, exist_ok=True)
     check_settings(spec)
     base_cfg = spec.config(spec.seeds[0])

@@ -18,9 +18,9 @@ _spec.loader.exec_module(lint_imports)
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     shutil.copy2(REPO / "pyproject.toml", tree / "pyproject.toml")
     exe = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "400"}
     return subprocess.run([str(exe), "--no-cache", "pyproject.toml"], cwd=tree, text=True,
-                          capture_output=True, env={**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "400"},
-                          timeout=300)
+                          capture_output=True, env=env, timeout=300)
 
 
 def test_the_layers_point_one_way(tmp_path: Path) -> None:

