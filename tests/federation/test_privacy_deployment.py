@@ -14,8 +14,8 @@ import json
 import pandas as pd
 import pytest
 
-from endofed.simulations.federated import project_root
 from endofed.simulations.deployment import LocalDeployment
+from endofed.simulations.federated import project_root
 
 pytestmark = pytest.mark.slow
 
