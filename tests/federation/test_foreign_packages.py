@@ -33,7 +33,8 @@ def test_a_round_runs_with_foreign_server_client_shared_first_on_the_path(
     monkeypatch.syspath_prepend(str(foreign))
     monkeypatch.setenv("PYTHONPATH", str(foreign))
     armed = subprocess.run([sys.executable, "-c", "import server"], capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(foreign)})
+                           text=True, env={**os.environ, "PYTHONPATH": str(foreign)},
+                           cwd=tmp_path)
     assert "foreign package 'server'" in armed.stderr  # the trap is armed in a new process
     result = run_simulation(
         {"preset": "tiny", "image-size": 64, "batch-size": 4, "local-epochs": 1,
