@@ -12,7 +12,13 @@ from endofed.shared.data.dataset import DetectionDataset, make_loader
 from endofed.shared.data.sample import Sample, SampleRecord
 from endofed.shared.data.site import load_sample
 from endofed.shared.data.split import split_records
-from endofed.shared.model import ImprovedSSD, build_model
+from endofed.shared.model import (
+    WEIGHTS_AUTO,
+    WEIGHTS_NONE,
+    WEIGHTS_PRETRAINED,
+    ImprovedSSD,
+    build_model,
+)
 from endofed.shared.overlay_detector import overlay_detector_for
 from endofed.shared.preprocessing import (
     OverlayDetector,
@@ -100,12 +106,19 @@ def loader_for(dataset: DetectionDataset, cfg: EndoFedConfig, *, shuffle: bool) 
     )
 
 
+def _weights_source(value: str) -> str:
+    """``weights-path`` as :func:`build_model` takes it ("" is "auto"; ``~`` expanded)."""
+    if value in ("", WEIGHTS_AUTO, WEIGHTS_PRETRAINED, WEIGHTS_NONE):
+        return value or WEIGHTS_AUTO
+    return str(Path(value).expanduser())
+
+
 def model_for(cfg: EndoFedConfig) -> ImprovedSSD:
     """The improved SSD the run's config describes (preset, classes, size, weights, mode)."""
     return build_model(
         preset=cfg.model.preset,
         num_classes=len(cfg.data.class_names),
         image_size=cfg.data.image_size,
-        weights_path=cfg.model.weights_path,
+        weights_path=_weights_source(cfg.model.weights_path),
         finetune=cfg.model.finetune,
     )

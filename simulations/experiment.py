@@ -39,10 +39,10 @@ from flwr.app import ArrayRecord
 from tqdm.auto import tqdm
 
 from endofed.server.strategies import build_strategy
-from endofed.shared.build import dataset_for, loader_for
+from endofed.shared.build import dataset_for, loader_for, model_for
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.engine import Trainer, configure_threads, resolve_device
-from endofed.shared.model import build_model, load_model_checkpoint, save_checkpoint
+from endofed.shared.model import load_model_checkpoint, save_checkpoint
 from endofed.shared.util.atomic import atomic_write_json
 from endofed.simulations.central import pooled_records, train_central
 from endofed.simulations.experiment_plots import write_plots
@@ -233,11 +233,7 @@ class ArmRunner:
             path = d / "model.pt"
             if not path.exists():
                 torch.manual_seed(cfg.train.seed)
-                model = build_model(
-                    preset=cfg.model.preset, num_classes=len(cfg.data.class_names),
-                    image_size=cfg.data.image_size, weights_path=cfg.model.weights_path,
-                    finetune=cfg.model.finetune,
-                ).to(device)
+                model = model_for(cfg).to(device)
                 train_set = dataset_for(site.train, cfg, train=True)
                 log.info("local %s: %d training images, %d epochs", site.name,
                          len(train_set), cfg.train.epochs)

@@ -19,7 +19,10 @@ CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
     "--device": ("device", str, "auto, cpu, cuda, cuda:1 ..."),
     "--seed": ("seed", int, "random seed"),
     "--threads": ("threads", int, "torch threads (0 = all cores)"),
-    "--weights": ("weights-path", str, "local pretrained backbone or checkpoint file"),
+    "--weights": (
+        "weights-path", str,
+        "auto (installed ImageNet weights if the preset has them), pretrained, none, or a file",
+    ),
     "--finetune": ("finetune", str, "global (all weights) or local (backbone frozen)"),
     "--max-steps": ("max-steps", int, "cap on steps per epoch (0 = none)"),
 }

@@ -67,7 +67,9 @@ class ModelConfig:
     """Which improved-SSD preset to build and how to fine-tune it."""
 
     preset: str = "tiny"
-    weights_path: Path | None = None
+    # "auto" (the preset's installed ImageNet weights if it has them), "pretrained"
+    # (required), "none" (random) or a weights / checkpoint file.
+    weights_path: str = "auto"
     finetune: str = "global"
 
     def validate(self) -> None:

@@ -16,8 +16,13 @@ from endofed.shared.model.postprocess import PostprocessOutput, image_probabilit
 from endofed.shared.model.presets import PRESETS, SSDConfig, available_presets, get_preset
 from endofed.shared.model.ssd import FINETUNE_MODES, ImprovedSSD
 from endofed.shared.model.weights import (
+    WEIGHTS_AUTO,
+    WEIGHTS_NONE,
+    WEIGHTS_PRETRAINED,
+    has_packaged_weights,
     load_backbone_weights,
     load_model_checkpoint,
+    load_packaged_weights,
     load_trainable_state,
     load_weights,
     read_checkpoint,
@@ -27,6 +32,11 @@ from endofed.shared.model.weights import (
 )
 
 __all__ = [
+    "WEIGHTS_AUTO",
+    "WEIGHTS_NONE",
+    "WEIGHTS_PRETRAINED",
+    "has_packaged_weights",
+    "load_packaged_weights",
     "FINETUNE_MODES",
     "PRESETS",
     "ImprovedSSD",
@@ -57,14 +67,17 @@ def build_model(
     preset: str,
     num_classes: int,
     image_size: int | None = None,
-    weights_path: str | Path | None = None,
+    weights_path: str | Path | None = "auto",
     finetune: str = "global",
     **overrides: Any,
 ) -> ImprovedSSD:
     """Build the improved SSD of ``preset`` for ``num_classes`` lesion classes.
 
     ``overrides`` replace :class:`SSDConfig` fields (e.g. ``rfpn_steps=0``).
-    ``weights_path`` is a torchvision backbone ``state_dict`` or an EndoFed checkpoint.
+    ``weights_path``: ``"auto"`` (the installed ImageNet weights when the preset's
+    backbone has them, random otherwise), ``"pretrained"`` (those weights, an error
+    when there are none), ``"none"`` or ``None`` (random), or a file: a torchvision
+    backbone ``state_dict`` or an EndoFed checkpoint.
     ``finetune``: ``global`` (all trains) or ``local`` (backbone body frozen).
     """
     config = get_preset(preset)
@@ -82,7 +95,17 @@ def build_model(
             overrides["class_names"] = tuple(overrides["class_names"])
         config = dataclasses.replace(config, **overrides)
     model = ImprovedSSD(config, num_classes)
-    if weights_path is not None:
-        load_weights(model, weights_path)
+    source = str(weights_path) if weights_path is not None else WEIGHTS_NONE
+    if source in (WEIGHTS_AUTO, WEIGHTS_PRETRAINED):
+        if has_packaged_weights(config):
+            load_packaged_weights(model)
+        elif source == WEIGHTS_PRETRAINED:
+            raise ValueError(
+                f"preset {config.name!r} ({config.backbone} backbone) has no installed "
+                "pretrained weights; use a lite0/lite1/lite2 preset, pass a weights file, "
+                "or weights-path=none"
+            )
+    elif source != WEIGHTS_NONE:
+        load_weights(model, source)
     model.set_finetune(finetune)
     return model

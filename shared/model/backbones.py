@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from endofed.shared.model.efficientnet_lite import efficientnet_lite_body, extra_block
 from endofed.shared.model.layers import ConvGNReLU, L2Norm, group_norm, no_inplace
 from endofed.shared.model.presets import RESNET_LAYERS, SSDConfig
 
@@ -243,10 +244,51 @@ class CPUBackbone(SSDBackbone):
         return self._run_extras(s32, [s8, s16, s32])
 
 
+class EfficientNetBackbone(SSDBackbone):
+    """EfficientNet-Lite (``config.variant``) body, BatchNorm folded, + 3 GN extras.
+
+    Strides of the six maps: 8, 16, 32 (body) and 64, 128, 256 (extras). The body is
+    built with random weights; :meth:`load_pretrained` puts the packaged ImageNet
+    weights in (``build_model`` does that for ``weights-path=auto|pretrained``).
+    """
+
+    def __init__(self, config: SSDConfig) -> None:
+        super().__init__()
+        if len(config.extra_channels) != 3:
+            raise ValueError(
+                f"preset {config.name!r}: the efficientnet backbone needs 3 extra_channels, "
+                f"got {config.extra_channels}"
+            )
+        self.variant = config.variant
+        self.body = efficientnet_lite_body(config.variant, pretrained=False)
+        g, e = config.gn_groups, config.extra_channels
+        c = self.body.out_channels
+        self.extras = nn.ModuleList(
+            [
+                extra_block(c[2], e[0], groups=g),
+                extra_block(e[0], e[1], groups=g),
+                extra_block(e[1], e[2], groups=g),
+            ]
+        )
+        self.out_channels = [*c, *e]
+
+    def load_pretrained(self) -> int:
+        """Replace the body by the folded ImageNet body; returns the tensors loaded."""
+        state = efficientnet_lite_body(self.variant, pretrained=True).state_dict()
+        device = next(self.body.parameters()).device
+        self.body.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
+        return len(state)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.body(x)
+        return self._run_extras(maps[-1], list(maps))
+
+
 BACKBONE_BUILDERS: dict[str, type[SSDBackbone]] = {
     "vgg16": VGG16Backbone,
     "resnet": ResNetBackbone,
     "cpu": CPUBackbone,
+    "efficientnet": EfficientNetBackbone,
 }
 
 

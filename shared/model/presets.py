@@ -18,14 +18,16 @@ from typing import Any
 SSD300_ASPECT_RATIOS: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 SSD300_SCALES: tuple[float, ...] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
 
-BACKBONES = ("vgg16", "resnet", "cpu")
+BACKBONES = ("vgg16", "resnet", "cpu", "efficientnet")
+EFFICIENTNET_VARIANTS = ("lite0", "lite1", "lite2")
 
 
 @dataclass(frozen=True)
 class SSDConfig:
     """Shape-defining hyper-parameters of :class:`~shared.model.ssd.ImprovedSSD`.
 
-    * ``backbone``: ``vgg16`` (paper), ``resnet`` (``depth`` x ``width``) or ``cpu``
+    * ``backbone``: ``vgg16`` (paper), ``resnet`` (``depth`` x ``width``),
+      ``efficientnet`` (``variant`` lite0/1/2, ImageNet-pretrained) or ``cpu``
       (a small GroupNorm conv net whose stage widths are ``channels``).
     * ``extra_channels``: widths of the SSD extra layers after the backbone body.
     * ``rfb_channels``: channels of each RFB branch (32 in the paper).
@@ -38,6 +40,7 @@ class SSDConfig:
     backbone: str
     image_size: int
     depth: int = 0
+    variant: str = ""
     width: int = 1
     channels: tuple[int, ...] = ()
     extra_channels: tuple[int, ...] = (512, 256, 256)
@@ -59,6 +62,11 @@ class SSDConfig:
             raise ValueError(
                 f"preset {self.name!r}: resnet depth must be one of {sorted(RESNET_LAYERS)}, "
                 f"got {self.depth}"
+            )
+        if self.backbone == "efficientnet" and self.variant not in EFFICIENTNET_VARIANTS:
+            raise ValueError(
+                f"preset {self.name!r}: efficientnet variant must be one of "
+                f"{EFFICIENTNET_VARIANTS}, got {self.variant!r}"
             )
         if self.width < 1:
             raise ValueError(f"preset {self.name!r}: width must be >= 1, got {self.width}")
@@ -132,6 +140,21 @@ PRESETS: dict[str, SSDConfig] = {
         rfpn_steps=2,
         gn_groups=8,
     ),
+    # EfficientNet-Lite presets: ImageNet-pretrained bodies (docs/RECIPE.md).
+    **{
+        f"lite{n}": SSDConfig(
+            name=f"lite{n}",
+            backbone="efficientnet",
+            variant=f"lite{n}",
+            image_size=size,
+            extra_channels=(192, 128, 128),
+            rfb_channels=32,
+            fpn_channels=96,
+            rfpn_steps=2,
+            gn_groups=16,
+        )
+        for n, size in ((0, 224), (1, 240), (2, 260))
+    },
     "tiny": SSDConfig(
         name="tiny",
         backbone="cpu",

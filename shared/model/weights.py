@@ -22,6 +22,25 @@ CHECKPOINT_FORMAT = "endofed-ssd"
 CHECKPOINT_VERSION = 1
 _BN_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
+#: ``weights-path`` values that are not files.
+WEIGHTS_AUTO = "auto"
+WEIGHTS_PRETRAINED = "pretrained"
+WEIGHTS_NONE = "none"
+
+
+def has_packaged_weights(config: SSDConfig) -> bool:
+    """Whether the preset's backbone has ImageNet weights shipped by a package."""
+    return config.backbone == "efficientnet"
+
+
+def load_packaged_weights(model: ImprovedSSD) -> None:
+    """Put the installed ImageNet weights into the backbone body (BatchNorm folded)."""
+    n = model.backbone.load_pretrained()  # type: ignore[operator]
+    log.info(
+        "preset %s: loaded ImageNet %s body (%d tensors, BatchNorm folded)",
+        model.config.name, model.config.variant, n,
+    )
+
 
 def unwrap(model: nn.Module) -> ImprovedSSD:
     """The :class:`ImprovedSSD` inside wrappers such as Opacus' ``GradSampleModule``.

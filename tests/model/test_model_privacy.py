@@ -30,10 +30,13 @@ def _per_sample_grads(model, batch: Batch) -> tuple[torch.Tensor, dict[str, torc
     return loss.total.detach(), grads
 
 
+@pytest.mark.parametrize("preset", ["tiny", "lite0"])
 @pytest.mark.parametrize("finetune", ["global", "local"])
-def test_every_trainable_param_gets_exact_grad_sample(batch_factory, finetune: str) -> None:
+def test_every_trainable_param_gets_exact_grad_sample(
+    batch_factory, finetune: str, preset: str
+) -> None:
     torch.manual_seed(0)
-    model = build_model(preset="tiny", num_classes=2, image_size=96, finetune=finetune)
+    model = build_model(preset=preset, num_classes=2, image_size=96, finetune=finetune)
     batch = batch_factory(BOXES, 96)
     gsm = GradSampleModule(model, loss_reduction="sum")
     model.compute_loss(gsm(batch.images), batch).total.sum().backward()
@@ -56,9 +59,12 @@ def test_every_trainable_param_gets_exact_grad_sample(batch_factory, finetune: s
                                            msg=lambda m, n=n, i=i: f"{n}[{i}]: {m}")
 
 
-def test_image_loss_and_grad_do_not_depend_on_the_rest_of_the_batch(batch_factory) -> None:
+@pytest.mark.parametrize("preset", ["tiny", "lite0"])
+def test_image_loss_and_grad_do_not_depend_on_the_rest_of_the_batch(
+    batch_factory, preset: str
+) -> None:
     torch.manual_seed(0)
-    model = build_model(preset="tiny", num_classes=2, image_size=96)
+    model = build_model(preset=preset, num_classes=2, image_size=96)
     a = batch_factory(BOXES, 96, seed=1)
     other = [[(0, 0, 90, 90, 2), (30, 30, 60, 60, 2)], [], [(20, 20, 30, 30, 1)]]
     b = batch_factory(other, 96, seed=2)
