@@ -20,6 +20,11 @@ SSD300_SCALES: tuple[float, ...] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
 
 BACKBONES = ("vgg16", "resnet", "cpu", "efficientnet")
 EFFICIENTNET_VARIANTS = ("lite0", "lite1", "lite2")
+#: Normalisation of the backbone body: ``group`` (GroupNorm, training from scratch) or
+#: ``folded`` (a torchvision body with its BatchNorm folded into conv biases; no norm).
+BODY_NORMS = ("group", "folded")
+#: Backbones whose body can be built ``folded`` (they have a torchvision counterpart).
+FOLDABLE_BACKBONES = ("vgg16", "resnet")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class SSDConfig:
     * ``fpn_channels`` / ``rfpn_steps``: RFPN width and number of unrolled passes
       (``0`` = plain SSD heads on the source maps).
     * ``aspect_ratios`` / ``scales``: anchors, as in torchvision's ``DefaultBoxGenerator``.
+    * ``body_norm``: ``group`` (GroupNorm after every body conv) or ``folded`` (vgg16 /
+      resnet only: the body's convs carry bias and there is no norm layer, as a
+      torchvision body with its eval-mode BatchNorm folded in; ``build_model`` picks it
+      for a torchvision weights file). Extras, RFPN, heads keep GroupNorm either way.
     """
 
     name: str
@@ -48,6 +57,7 @@ class SSDConfig:
     fpn_channels: int = 256
     rfpn_steps: int = 2
     gn_groups: int = 32
+    body_norm: str = "group"
     aspect_ratios: tuple[tuple[int, ...], ...] = SSD300_ASPECT_RATIOS
     scales: tuple[float, ...] = SSD300_SCALES
     class_names: tuple[str, ...] = field(default=())
@@ -67,6 +77,16 @@ class SSDConfig:
             raise ValueError(
                 f"preset {self.name!r}: efficientnet variant must be one of "
                 f"{EFFICIENTNET_VARIANTS}, got {self.variant!r}"
+            )
+        if self.body_norm not in BODY_NORMS:
+            raise ValueError(
+                f"preset {self.name!r}: body_norm must be one of {BODY_NORMS}, "
+                f"got {self.body_norm!r}"
+            )
+        if self.body_norm == "folded" and self.backbone not in FOLDABLE_BACKBONES:
+            raise ValueError(
+                f"preset {self.name!r}: body_norm='folded' needs a backbone in "
+                f"{FOLDABLE_BACKBONES} (a torchvision body), got {self.backbone!r}"
             )
         if self.width < 1:
             raise ValueError(f"preset {self.name!r}: width must be >= 1, got {self.width}")
