@@ -92,7 +92,7 @@ def worker(args: argparse.Namespace) -> dict:
                                      max_boxes=max_boxes),
     )
     cfg = TrainConfig(amp=False, grad_clip=0.0, lr_schedule="constant")
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(model, cfg)
     on_empty = None
     train_model: torch.nn.Module = model
     if args.mode.startswith("dp"):

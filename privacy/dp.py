@@ -186,7 +186,7 @@ def build_dp_engine(
     logical = make_poisson_loader(
         dataset, sample_rate=sample_rate, generator=secret_generator(), num_workers=num_workers
     )
-    optimizer = build_optimizer(model.parameters(), private_train_config(train))
+    optimizer = build_optimizer(model, private_train_config(train))
     # dp-secure-rng needs torchcsprng; PrivacyConfig.validate checked it is installed.
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_rng)
     # poisson_sampling=False: our loader already samples Poisson, and Opacus would

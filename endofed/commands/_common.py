@@ -9,8 +9,12 @@ from endofed.shared.config import EndoFedConfig
 
 # flag -> config key (kebab case, as in the Flower run config)
 CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--preset": ("preset", str, "model preset (tiny, cpu, paper, r50x1 ... r152x3)"),
-    "--image-size": ("image-size", int, "square model input size in pixels"),
+    "--preset": (
+        "preset", str, "model preset (lite0 lite1 lite2: pretrained; tiny, cpu, paper, r50x1...)"
+    ),
+    "--image-size": (
+        "image-size", int, "square model input size in pixels (default: the preset's)"
+    ),
     "--batch-size": ("batch-size", int, "images per batch"),
     "--epochs": ("local-epochs", int, "training epochs"),
     "--lr": ("learning-rate", float, "learning rate"),
@@ -51,7 +55,21 @@ def config_mapping(args: argparse.Namespace, defaults: dict[str, Any] | None = N
             raise SystemExit(f"-c expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         values[key.strip()] = value.strip().strip('"')
+    if "preset" in values and "image-size" not in values:
+        size = preset_image_size(str(values["preset"]))
+        if size is not None:
+            values["image-size"] = size
     return values
+
+
+def preset_image_size(preset: str) -> int | None:
+    """The input size a preset names (``None`` if unknown: the build reports it)."""
+    from endofed.shared.model.presets import get_preset
+
+    try:
+        return get_preset(preset).image_size
+    except ValueError:
+        return None
 
 
 def config_from_args(

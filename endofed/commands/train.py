@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from endofed.shared.metrics import flat_scalars
     from endofed.simulations.central import train_central
 
-    cfg = config_from_args(args, {"preset": "cpu", "threads": 0})
+    cfg = config_from_args(args, {"preset": "lite0", "threads": 0})
     result = train_central(cfg, args.data, args.out, resume=not args.no_resume)
     scalars = flat_scalars(result.metrics)
     keys = ("map50", "map", "dice", "auc", "sensitivity", "specificity", "accuracy", "f1")

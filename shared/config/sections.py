@@ -87,6 +87,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no cap on steps per epoch
     optimizer: str = "adamw"
     learning_rate: float = 1e-3
+    # Learning-rate multiplier of a pretrained backbone body (new layers: 1x).
+    backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
     lr_schedule: str = "cosine"
@@ -105,6 +107,11 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(
                 f"config key 'learning-rate': must be > 0, got {self.learning_rate}"
+            )
+        if not 0.0 < self.backbone_lr_scale <= 1.0:
+            raise ConfigError(
+                "config key 'backbone-lr-scale': must be in (0, 1], "
+                f"got {self.backbone_lr_scale}"
             )
 
 

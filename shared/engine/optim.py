@@ -9,7 +9,8 @@ import torch
 
 from endofed.shared.config import ConfigError, TrainConfig
 
-OptimizerBuilder = Callable[[Iterable[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]
+ParamGroups = list[dict[str, object]]
+OptimizerBuilder = Callable[[ParamGroups, TrainConfig], torch.optim.Optimizer]
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
     "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.learning_rate, weight_decay=c.weight_decay),
@@ -20,10 +21,38 @@ OPTIMIZERS: dict[str, OptimizerBuilder] = {
 }
 
 
+def param_groups(
+    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter], config: TrainConfig
+) -> ParamGroups:
+    """The trainable parameters as optimiser groups.
+
+    For a model whose backbone body holds pretrained weights (``pretrained_body``, set
+    by ``build_model``), the body gets ``learning-rate x backbone-lr-scale`` and the new
+    layers the full rate: fine-tuning moves ImageNet features less than it trains the
+    detector. Plain parameter iterables (or a body trained from scratch) give one group.
+    """
+    if not isinstance(model_or_params, torch.nn.Module):
+        return [{"params": [p for p in model_or_params if p.requires_grad]}]
+    model = model_or_params
+    inner = model
+    while hasattr(inner, "_module"):  # Opacus GradSampleModule
+        inner = inner._module
+    named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
+    scale = config.backbone_lr_scale
+    if not getattr(inner, "pretrained_body", False) or scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    body = [p for n, p in named if n.startswith("backbone.body.")]
+    rest = [p for n, p in named if not n.startswith("backbone.body.")]
+    groups: ParamGroups = [{"params": rest}]
+    if body:
+        groups.append({"params": body, "lr": config.learning_rate * scale})
+    return groups
+
+
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], config: TrainConfig
+    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter], config: TrainConfig
 ) -> torch.optim.Optimizer:
-    """Build the optimiser named by ``config.optimizer`` over ``params``."""
+    """Build the optimiser named by ``config.optimizer`` (groups: :func:`param_groups`)."""
     try:
         builder = OPTIMIZERS[config.optimizer]
     except KeyError:
@@ -31,7 +60,7 @@ def build_optimizer(
             f"config key 'optimizer': unknown {config.optimizer!r}; "
             f"choose one of {sorted(OPTIMIZERS)}"
         ) from None
-    return builder([p for p in params if p.requires_grad], config)
+    return builder(param_groups(model_or_params, config), config)
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:

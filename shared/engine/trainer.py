@@ -120,7 +120,7 @@ class Trainer:
         self.model = model
         self.config = config
         self.device = device
-        self.optimizer = optimizer or build_optimizer(model.parameters(), config)
+        self.optimizer = optimizer or build_optimizer(model, config)
         self.scheduler = scheduler
         self.loss_fn = loss_fn or default_loss_fn(config.alpha_seg)
         self.on_empty_batch = on_empty_batch

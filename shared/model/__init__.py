@@ -19,6 +19,7 @@ from endofed.shared.model.weights import (
     WEIGHTS_AUTO,
     WEIGHTS_NONE,
     WEIGHTS_PRETRAINED,
+    body_norm_for_weights,
     has_packaged_weights,
     load_backbone_weights,
     load_model_checkpoint,
@@ -77,7 +78,11 @@ def build_model(
     ``weights_path``: ``"auto"`` (the installed ImageNet weights when the preset's
     backbone has them, random otherwise), ``"pretrained"`` (those weights, an error
     when there are none), ``"none"`` or ``None`` (random), or a file: a torchvision
-    backbone ``state_dict`` or an EndoFed checkpoint.
+    backbone ``state_dict`` (VGG16 / ResNet; the body is then built with
+    ``body_norm="folded"`` and the file's BatchNorm folded into its convolutions, so it
+    computes what the torchvision network does in eval mode) or an EndoFed checkpoint
+    (the body is built with the ``body_norm`` it was saved with). An explicit
+    ``body_norm`` override wins.
     ``finetune``: ``global`` (all trains) or ``local`` (backbone body frozen).
     """
     config = get_preset(preset)
@@ -94,11 +99,21 @@ def build_model(
         if "class_names" in overrides:
             overrides["class_names"] = tuple(overrides["class_names"])
         config = dataclasses.replace(config, **overrides)
+    file = weights_path is not None and str(weights_path) not in (
+        WEIGHTS_AUTO, WEIGHTS_PRETRAINED, WEIGHTS_NONE
+    )
+    if file and "body_norm" not in overrides:
+        # A torchvision file's BatchNorm is folded into a norm-free body; a checkpoint
+        # is rebuilt with the body it was trained with.
+        norm = body_norm_for_weights(config, str(weights_path))
+        if norm != config.body_norm:
+            config = dataclasses.replace(config, body_norm=norm)
     model = ImprovedSSD(config, num_classes)
     source = str(weights_path) if weights_path is not None else WEIGHTS_NONE
     if source in (WEIGHTS_AUTO, WEIGHTS_PRETRAINED):
         if has_packaged_weights(config):
             load_packaged_weights(model)
+            model.pretrained_body = True
         elif source == WEIGHTS_PRETRAINED:
             raise ValueError(
                 f"preset {config.name!r} ({config.backbone} backbone) has no installed "
@@ -106,6 +121,6 @@ def build_model(
                 "or weights-path=none"
             )
     elif source != WEIGHTS_NONE:
-        load_weights(model, source)
+        model.pretrained_body = load_weights(model, source)
     model.set_finetune(finetune)
     return model

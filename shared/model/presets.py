@@ -18,6 +18,10 @@ from typing import Any
 SSD300_ASPECT_RATIOS: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 SSD300_SCALES: tuple[float, ...] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
 
+#: Anchor scales fitted to polyp boxes (Kvasir-SEG: sqrt of relative box area p5 0.13,
+#: median 0.39, p95 0.77; docs/RECIPE.md): finer steps where lesions are, none past 1.
+LESION_SCALES: tuple[float, ...] = (0.10, 0.20, 0.32, 0.45, 0.60, 0.78, 0.96)
+
 BACKBONES = ("vgg16", "resnet", "cpu", "efficientnet")
 EFFICIENTNET_VARIANTS = ("lite0", "lite1", "lite2")
 #: Normalisation of the backbone body: ``group`` (GroupNorm, training from scratch) or
@@ -172,6 +176,8 @@ PRESETS: dict[str, SSDConfig] = {
             fpn_channels=96,
             rfpn_steps=2,
             gn_groups=16,
+            scales=LESION_SCALES,
+            aspect_ratios=((2,),) * 6,  # polyp boxes are near square (w/h p5-p95 0.5-1.3)
         )
         for n, size in ((0, 224), (1, 240), (2, 260))
     },

@@ -42,6 +42,9 @@ class ImprovedSSD(nn.Module):
         self.config = config
         self.num_classes = num_classes
         self.finetune = "global"
+        # True once pretrained weights are in the backbone body (build_model sets it);
+        # the optimiser then gives the body a lower learning rate.
+        self.pretrained_body = False
         g = config.gn_groups
         self.backbone = build_backbone(config)
         self.segmentation = SegmentationBranch(

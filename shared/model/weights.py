@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from endofed.shared.model.presets import SSDConfig
+from endofed.shared.model.batchnorm_fold import fold_batchnorm
+from endofed.shared.model.presets import BODY_NORMS, FOLDABLE_BACKBONES, SSDConfig
 from endofed.shared.model.ssd import ImprovedSSD
 from endofed.shared.util.atomic import atomic_save
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "endofed-ssd"
 CHECKPOINT_VERSION = 1
 _BN_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 #: ``weights-path`` values that are not files.
 WEIGHTS_AUTO = "auto"
@@ -66,58 +68,156 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     return dict(obj)
 
 
-def load_backbone_weights(model: ImprovedSSD, path: str | Path) -> dict[str, list[str]]:
-    """Load a torchvision VGG16 / ResNet ``state_dict`` file into the backbone body.
-
-    Convolution tensors are mapped to our modules; BatchNorm tensors are skipped (we
-    use GroupNorm), as are classifier layers. Returns (and logs) ``loaded``,
-    ``skipped`` (in the file, not used), ``missing`` (mappable, absent from the file)
-    and ``mismatched`` (shape differs). Raises ``ValueError`` when nothing loads.
-    """
-    path = Path(path)
-    state = _read_state_dict(path)
+def _torchvision_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The ``state_dict`` inside a torchvision-style file (``{"state_dict": ...}`` too)."""
     for key in ("state_dict", "model"):
         if key in state and isinstance(state[key], Mapping):
             state = dict(state[key])
-    key_map = model.backbone.torchvision_key_map()
-    if not key_map:
+    return state
+
+
+def body_norm_for_weights(config: SSDConfig, path: str | Path) -> str:
+    """The ``body_norm`` a model needs to take the weights file ``path``.
+
+    A torchvision file needs ``folded`` (its BatchNorm is folded into the convolutions)
+    when the backbone has a torchvision counterpart; an EndoFed checkpoint needs what it
+    was trained with. Anything else keeps ``config.body_norm``. Raises like
+    :func:`load_weights` for a file that is absent or not a torch file."""
+    state = _read_state_dict(Path(path))
+    if config.backbone not in FOLDABLE_BACKBONES:
+        return config.body_norm
+    if is_checkpoint(state):
+        saved = state.get("config", {})
+        norm = saved.get("body_norm", "group") if isinstance(saved, Mapping) else None
+        return norm if norm in BODY_NORMS else config.body_norm
+    return "folded"
+
+
+def _fold_conv_bn(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W', b')`` of ``conv -> eval BatchNorm`` (torchvision's ``eps=1e-5``), folded
+    with :func:`~shared.model.batchnorm_fold.fold_batchnorm`."""
+    out_ch, in_ch, *k = weight.shape
+    with torch.device("meta"):
+        pair = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, tuple(k), bias=bias is not None), nn.BatchNorm2d(out_ch)
+        )
+    f32 = {"dtype": torch.float32, "device": "cpu"}
+    conv_state = {"weight": weight.to(**f32)}
+    if bias is not None:
+        conv_state["bias"] = bias.to(**f32)
+    pair[0].load_state_dict(conv_state, assign=True)
+    bn_state = {t: bn[t].to(**f32) for t in _BN_TENSORS}
+    bn_state["num_batches_tracked"] = torch.tensor(0)
+    pair[1].load_state_dict(bn_state, assign=True)
+    fold_batchnorm(pair.eval())
+    return pair[0].weight.detach(), pair[0].bias.detach()
+
+
+def _fit_error(key: str, value: Any, want: tuple[int, ...]) -> str | None:
+    """``None`` when ``value`` is a tensor of shape ``want``, else the mismatch text."""
+    if isinstance(value, torch.Tensor) and tuple(value.shape) == want:
+        return None
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    return f"{key}: file {shape} vs model {want}"
+
+
+def load_backbone_weights(
+    model: ImprovedSSD, path: str | Path, state: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Load a torchvision VGG16 / ResNet ``state_dict`` file into the backbone body.
+
+    With ``config.body_norm == "folded"`` (what ``build_model`` builds for such a file)
+    the body computes what the torchvision network computes in eval mode: each ResNet
+    BatchNorm (``bn1``, ``layerX.Y.bnK``, ``downsample.1``) is folded into its
+    convolution's weight and bias, VGG16 convolutions (no BatchNorm) load as they are.
+    A ResNet conv loads only with its whole BatchNorm (weight, bias, running stats).
+    With ``"group"`` only the convolution tensors load, under freshly initialised
+    GroupNorm (a warning says the body then no longer computes what it was trained to).
+    Classifier layers are never used.
+
+    Returns (and logs) ``loaded`` (file keys used), ``skipped`` (in the file, not
+    used), ``missing`` (needed, absent from the file) and ``mismatched`` (shape differs).
+    Raises ``ValueError`` naming the file when nothing loads. ``state``: the file's
+    already-read contents (else it is read from ``path``).
+    """
+    path = Path(path)
+    state = _torchvision_state(dict(state) if state is not None else _read_state_dict(path))
+    pairs = model.backbone.torchvision_pairs()
+    if not pairs:
         raise ValueError(
             f"weights file {path}: preset {model.config.name!r} ({model.config.backbone} "
             "backbone) has no torchvision counterpart to load"
         )
+    folded = model.config.body_norm == "folded"
     own = model.backbone.state_dict()
     report: dict[str, list[str]] = {"loaded": [], "skipped": [], "missing": [], "mismatched": []}
-    new_state = {}
-    for tv_key, value in state.items():
-        target = key_map.get(tv_key)
-        if target is None:
-            report["skipped"].append(tv_key)
+    new_state: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    n_folded = 0
+    for name, tv_conv, tv_bn in pairs:
+        want = tuple(own[f"{name}.weight"].shape)
+        conv_keys = {f"{tv_conv}.weight": f"{name}.weight"}
+        if f"{name}.bias" in own and (tv_bn is None or f"{tv_conv}.bias" in state):
+            conv_keys[f"{tv_conv}.bias"] = f"{name}.bias"
+        bn_keys = [f"{tv_bn}.{t}" for t in _BN_TENSORS] if folded and tv_bn else []
+        used.update(conv_keys)
+        used.update(bn_keys)
+        if bn_keys:
+            used.add(f"{tv_bn}.num_batches_tracked")
+        errors = {}
+        for key in [*conv_keys, *bn_keys]:
+            if key not in state:
+                report["missing"].append(key)
+                continue
+            shape = want if key == f"{tv_conv}.weight" else (want[0],)
+            err = _fit_error(key, state[key], shape)
+            if err:
+                report["mismatched"].append(err)
+                errors[key] = err
+        if not bn_keys:  # tensor by tensor (VGG16, or convs under GroupNorm)
+            for key, target in conv_keys.items():
+                if key in state and key not in errors:
+                    new_state[target] = state[key]
+                    report["loaded"].append(key)
             continue
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(own[target].shape):
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
-            want = tuple(own[target].shape)
-            report["mismatched"].append(f"{tv_key}: file {shape} vs model {want}")
-            continue
-        new_state[target] = value
-        report["loaded"].append(tv_key)
-    report["missing"] = sorted(set(key_map) - set(state))
+        if errors or any(k not in state for k in [*conv_keys, *bn_keys]):
+            continue  # a half-described conv + BatchNorm is left as it is
+        bn = {t: state[f"{tv_bn}.{t}"] for t in _BN_TENSORS}
+        bias = state.get(f"{tv_conv}.bias")
+        w, b = _fold_conv_bn(state[f"{tv_conv}.weight"], bias, bn)
+        new_state[f"{name}.weight"], new_state[f"{name}.bias"] = w, b
+        report["loaded"] += [*conv_keys, *bn_keys]
+        if f"{tv_bn}.num_batches_tracked" in state:
+            report["loaded"].append(f"{tv_bn}.num_batches_tracked")
+        n_folded += 1
+    report["skipped"] = [k for k in state if k not in used]
     if not new_state:
         raise ValueError(
             f"weights file {path}: no tensor fits preset {model.config.name!r} "
             f"({len(report['mismatched'])} shape mismatches, e.g. {report['mismatched'][:2]}; "
-            f"{len(report['skipped'])} unrelated keys)"
+            f"{len(report['missing'])} missing; {len(report['skipped'])} unrelated keys)"
         )
     with torch.no_grad():
         params = dict(model.backbone.named_parameters())
         for k, v in new_state.items():
             params[k].copy_(v)
-    bn = [k for k in report["skipped"] if k.endswith(_BN_SUFFIXES) or ".bn" in k or "bn1" in k]
+    bn_skipped = [k for k in report["skipped"] if k.endswith(_BN_SUFFIXES) or ".bn" in k
+                  or "bn1" in k or ".downsample.1." in k]
     log.info(
-        "%s: loaded %d backbone tensors; skipped %d (of which %d BatchNorm, not used with "
-        "GroupNorm); missing %d; shape-mismatched %d",
-        path, len(report["loaded"]), len(report["skipped"]), len(bn), len(report["missing"]),
-        len(report["mismatched"]),
+        "%s: loaded %d backbone tensors (body_norm=%s; %d BatchNorm folded into their "
+        "convolutions); skipped %d (of which %d BatchNorm); missing %d; shape-mismatched %d",
+        path, len(report["loaded"]), model.config.body_norm, n_folded, len(report["skipped"]),
+        len(bn_skipped), len(report["missing"]), len(report["mismatched"]),
     )
+    if bn_skipped and not folded:
+        log.warning(
+            "%s: %d BatchNorm tensors not used: with body_norm='group' the pretrained "
+            "convolutions run under new GroupNorm and no longer compute what they were "
+            "trained to; build the model with body_norm='folded' (build_model does for a "
+            "torchvision file unless body_norm is given)", path, len(bn_skipped),
+        )
     if report["missing"]:
         log.warning("%s: missing backbone keys: %s", path, report["missing"])
     if report["mismatched"]:
@@ -129,14 +229,18 @@ def is_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
 
 
-def load_weights(model: ImprovedSSD, path: str | Path) -> None:
-    """Load an EndoFed checkpoint (whole model) or a torchvision backbone file."""
+def load_weights(model: ImprovedSSD, path: str | Path) -> bool:
+    """Load an EndoFed checkpoint (whole model) or a torchvision backbone file.
+
+    Returns whether the backbone body now holds pretrained weights (a checkpoint of a
+    model fine-tuned from a pretrained body counts as pretrained)."""
     path = Path(path)
     state = _read_state_dict(path)
     if is_checkpoint(state):
         _load_checkpoint_state(model, state, path)
-    else:
-        load_backbone_weights(model, path)
+        return bool(state.get("pretrained_body", False))
+    load_backbone_weights(model, path)
+    return True
 
 
 def _load_checkpoint_state(model: ImprovedSSD, ckpt: Mapping[str, Any], path: Path) -> None:
@@ -173,6 +277,7 @@ def save_checkpoint(
         "config": m.config.to_dict(),
         "num_classes": m.num_classes,
         "finetune": m.finetune,
+        "pretrained_body": bool(getattr(m, "pretrained_body", False)),
         "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
         "extra": dict(extra or {}),
     }
@@ -197,6 +302,7 @@ def load_model_checkpoint(
     model = ImprovedSSD(SSDConfig.from_dict(ckpt["config"]), int(ckpt["num_classes"]))
     _load_checkpoint_state(model, ckpt, path)
     model.set_finetune(str(ckpt.get("finetune", "global")))
+    model.pretrained_body = bool(ckpt.get("pretrained_body", False))
     if map_location is not None:
         model.to(map_location)
     return model
