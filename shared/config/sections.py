@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from endofed.shared.config.coercion import ConfigError
+from endofed.shared.config.threshold_rule import parse_threshold_rule
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,10 @@ class FederationConfig:
     runs_dir: Path = Path("runs")
     round_timeout: float = 3600.0
     eval_data_path: Path | None = None
+    # How the image-level lesion threshold is chosen on the validation score
+    # histograms (endofed.shared.metrics.operating_point): youden, sensitivity:X,
+    # specificity:X or fixed:T. Central training and the server both apply it.
+    threshold_rule: str = "youden"
     # Server-side optimiser of the strategy (endofed.server.strategies says which
     # strategy reads which key). server-learning-rate: FedAvgM's step and the FedOpt
     # family's eta; server-momentum: FedAvgM; server-beta-1/-2: FedAdam and FedYogi
@@ -149,6 +154,7 @@ class FederationConfig:
             raise ConfigError(
                 f"config key 'num-server-rounds': must be >= 1, got {self.num_server_rounds}"
             )
+        parse_threshold_rule(self.threshold_rule)
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"config key 'run-name': invalid name {self.run_name!r}")
         if self.server_learning_rate <= 0:
