@@ -152,6 +152,32 @@ def _localization_table(metrics: Mapping[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
+def _operating_point_section(metrics: Mapping[str, Any]) -> list[str]:
+    """The lesion / no-lesion verdict's threshold, its rule and its rates (if known)."""
+    op = metrics.get("operating_point")
+    if not isinstance(op, Mapping) or op.get("threshold") is None:
+        return []
+    rows = [
+        ("Rule", f"`{op.get('rule', 'n/a')}`"),
+        ("Threshold (lesion probability = 1 - p(normal))", fmt_value(op["threshold"], 4)),
+        ("Sensitivity at the threshold", fmt_value(op.get("sensitivity"))),
+        ("Specificity at the threshold", fmt_value(op.get("specificity"))),
+        ("Lesion / normal images", f"{fmt_value(op.get('num_positive'), 0)} / "
+                                   f"{fmt_value(op.get('num_negative'), 0)}"),
+    ]
+    if op.get("chosen_on"):
+        rows.append(("Chosen on", str(op["chosen_on"])))
+    if op.get("note"):
+        rows.append(("Note", str(op["note"])))
+    return [
+        "## Image-level operating point",
+        "An image is called a lesion image when its lesion probability is above the "
+        "threshold. The headline sensitivity / specificity use the argmax verdict "
+        "(threshold 0.5); these rows use the calibrated threshold.",
+        markdown_table(["", "Value"], rows),
+    ]
+
+
 def _share_or_nan(row: Mapping[str, Any], t: float) -> float:
     return share_at(row, t) if int(row.get("total", 0)) > 0 else float("nan")
 
@@ -184,6 +210,7 @@ def write_evaluation_report(
         f"# {title}",
         "## Headline metrics",
         _headline_table(metrics),
+        *_operating_point_section(metrics),
         "## Per class",
         _per_class_table(metrics),
         "## Confusion matrix (image level)",

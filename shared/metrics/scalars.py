@@ -29,8 +29,9 @@ def flat_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     Keys: headline scalars (``map50``, ``map``, ``accuracy``, ``f1``, ``sensitivity``,
     ``specificity``, ``auc``, ``dice``, ``iou``, ``latency_ms``, ``num_images``, ...),
     ``ap50/<class>``, ``ap/<class>``, ``auc/<class>``, ``recall/<class>``,
-    ``loc@<t>``, ``loc@<t>/<morphology>``, ``loc_iou``. Fit for CSV rows and Flower
-    ``MetricRecord``\\ s (which accept ``nan``).
+    ``loc@<t>``, ``loc@<t>/<morphology>``, ``loc_iou`` and, when the metrics carry an
+    ``operating_point``, ``op_threshold`` / ``op_sensitivity`` / ``op_specificity``.
+    Fit for CSV rows and Flower ``MetricRecord``\\ s (which accept ``nan``).
     """
     out: dict[str, float] = {}
     for key, value in metrics.items():
@@ -47,6 +48,11 @@ def flat_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     ):
         for name, value in (metrics.get(key) or {}).items():
             out[f"{prefix}/{name}"] = float(value)
+    op = metrics.get("operating_point")
+    if isinstance(op, Mapping):  # the calibrated image-level threshold, if one was chosen
+        for name in ("threshold", "sensitivity", "specificity"):
+            if op.get(name) is not None:
+                out[f"op_{name}"] = float(op[name])
     loc = metrics.get("localization") or {}
     overall = loc.get("overall")
     if overall:

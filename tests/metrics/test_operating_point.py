@@ -164,3 +164,20 @@ def test_checkpoint_round_trip_and_fallback_for_old_checkpoints(caplog):
     assert old.threshold == 0.5 and "old.pt" in caplog.text
     assert isinstance(old, OperatingPoint)
     np.testing.assert_array_equal(old.is_lesion([0.2, 0.5, 0.7]), [True, False, False])
+
+
+def test_report_and_flat_scalars_state_the_operating_point(tmp_path):
+    from endofed.shared.metrics import flat_scalars, write_evaluation_report
+
+    acc = _accumulate(HAND_P_NORMAL, HAND_LABELS, bins=10)
+    metrics = acc.compute()
+    assert "op_threshold" not in flat_scalars(metrics)
+    point = choose_operating_point(acc.state(), "sensitivity:0.95")
+    metrics["operating_point"] = {**point.to_dict(), "chosen_on": "validation, epoch 2"}
+    flat = flat_scalars(metrics)
+    assert flat["op_threshold"] == pytest.approx(0.4)
+    assert (flat["op_sensitivity"], flat["op_specificity"]) == pytest.approx((1.0, 0.75))
+    text = write_evaluation_report(metrics, tmp_path, title="t").read_text()
+    section = text.split("## Image-level operating point")[1].split("## ")[0]
+    assert "`sensitivity:0.95`" in section and "0.4000" in section
+    assert "0.7500" in section and "4 / 4" in section and "validation, epoch 2" in section
