@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from endofed.shared.build import loader_for, model_for, train_val_datasets
@@ -16,10 +19,19 @@ from endofed.shared.config import EndoFedConfig
 from endofed.shared.data.labels import harmonize_labels
 from endofed.shared.data.sample import SampleRecord
 from endofed.shared.data.site import scan_site
-from endofed.shared.engine import Trainer, configure_threads, evaluate, resolve_device
-from endofed.shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.engine import (
+    Trainer,
+    build_scheduler,
+    configure_threads,
+    evaluate,
+    resolve_device,
+)
+from endofed.shared.engine.trainer import CHECKPOINT_NAME
+from endofed.shared.metrics import MetricAccumulator, flat_scalars, json_safe
+from endofed.shared.metrics.operating_point import choose_operating_point
 from endofed.shared.metrics.report import write_evaluation_report
 from endofed.shared.model import save_checkpoint
+from endofed.shared.util.atomic import atomic_save, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +68,24 @@ def train_central(
     resume: bool = True,
     progress: bool = True,
 ) -> CentralResult:
-    """Train on the pooled data for ``cfg.train.epochs`` and evaluate on the held-out part.
+    """Train on the pooled data for ``cfg.train.epochs``, validating after every epoch.
 
-    Writes ``out_dir/model.pt``, ``checkpoints/last.pt`` (resumable), ``metrics.json``,
-    ``report.md`` and plots.
+    The held-out (validation) part is evaluated after each epoch; ``model.pt`` is the
+    epoch with the best validation ``map50`` (ties: the earlier epoch; an epoch whose
+    map50 is ``nan``, e.g. no ground-truth boxes, never beats a finite one, and if no
+    epoch has a finite map50 the last epoch is kept). Its image-level operating point
+    (``threshold-rule`` applied to that epoch's validation histograms) is stored in the
+    checkpoint's ``extra["operating_point"]`` and in ``metrics.json``.
+
+    Writes ``out_dir/model.pt``, ``checkpoints/last.pt`` (resumable; with
+    ``checkpoints/epochs.json``, ``best.pt`` and ``best_state.npz`` a resumed run keeps
+    its per-epoch validation and best epoch), ``train_history.json`` (one row per
+    epoch: losses, ``val_map50``, ``val_dice``, ``val_op_threshold``, ``best``),
+    ``metrics.json`` (the best epoch's validation metrics), ``report.md`` and plots.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckdir = out_dir / "checkpoints"
     configure_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
@@ -73,38 +96,143 @@ def train_central(
              len(train_set), len(val_set), cfg.model.preset, device)
     model = model_for(cfg).to(device)
     trainer = Trainer(model, cfg.train, device=device, progress=progress)
-    result = trainer.fit(
-        loader_for(train_set, cfg, shuffle=True),
-        checkpoint_dir=out_dir / "checkpoints",
-        resume=resume,
-        desc="central",
+    train_loader = loader_for(train_set, cfg, shuffle=True)
+    val_loader = loader_for(val_set, cfg, shuffle=False) if len(val_set) else None
+    total = cfg.train.epochs
+    # The schedule spans all epochs although fit() is called one epoch at a time.
+    trainer.scheduler = build_scheduler(
+        trainer.optimizer, cfg.train, total * max(1, trainer._steps_per_epoch(train_loader))
     )
-    acc = MetricAccumulator(
-        class_names=list(cfg.data.class_names),
-        morphology_names=list(cfg.data.morphology_names),
-    )
-    if len(val_set):
-        evaluate(model, loader_for(val_set, cfg, shuffle=False), acc, device=device,
-                 progress=progress)
+    kwargs = {"class_names": list(cfg.data.class_names),
+              "morphology_names": list(cfg.data.morphology_names)}
+    epochs = _EpochLog(ckdir, fresh=not resume)
+    seconds, done = 0.0, 0
+    while done < total:
+        result = trainer.fit(train_loader, epochs=done + 1, checkpoint_dir=ckdir,
+                             resume=resume or done > 0, desc="central")
+        seconds += result.seconds
+        done = result.resumed_from_epoch + len(result.epochs)
+        if done in epochs.rows:
+            continue  # resumed after an epoch whose validation is on record
+        acc = MetricAccumulator(**kwargs)
+        if val_loader is not None:
+            evaluate(model, val_loader, acc, device=device, progress=progress,
+                     desc=f"validate {done}")
+        stats = next((e for e in result.epochs if e.epoch + 1 == done), None)
+        epochs.record(done, stats, acc, model, cfg)
+    best = epochs.best_epoch()
+    acc = MetricAccumulator.from_state(epochs.best_state(), **kwargs)
+    point = choose_operating_point(acc.state(), cfg.federation.threshold_rule)
     metrics = acc.compute()
+    metrics["operating_point"] = {
+        **point.to_dict(),
+        "chosen_on": f"validation split ({len(val_set)} images), epoch {best} of {total}",
+    }
+    metrics["best_epoch"] = best
     model_path = out_dir / "model.pt"
-    save_checkpoint(model_path, model, extra={"class_names": list(cfg.data.class_names)})
-    history = [
-        {"epoch": e.epoch + 1, "loss": e.loss, "cls": e.cls, "reg": e.reg, "seg": e.seg,
-         "images_per_s": e.images_per_second}
-        for e in result.epochs
-    ]
-    (out_dir / "train_history.json").write_text(json.dumps(history, indent=1))
+    atomic_save(model_path, lambda tmp: shutil.copyfile(ckdir / BEST_MODEL, tmp))
+    history = [{**epochs.rows[e], "best": e == best} for e in sorted(epochs.rows)]
+    (out_dir / "train_history.json").write_text(json.dumps(json_safe(history), indent=1))
     (out_dir / "config.json").write_text(json.dumps(cfg.to_mapping(), indent=1, default=str))
     write_evaluation_report(
         metrics, out_dir, title=f"EndoFed central training ({cfg.model.preset})",
         extra_sections={
             "Data": f"{len(train_set)} training / {len(val_set)} validation images "
                     f"from {', '.join(str(p) for p in data_paths) or 'given records'}",
-            "Training": f"{cfg.train.epochs} epochs in {result.seconds:.0f} s",
+            "Training": f"{total} epochs ({seconds:.0f} s in this process); the model and "
+                        f"these metrics are from epoch {best}, the best by validation "
+                        "mAP@0.5 (per-epoch values in train_history.json)",
         },
     )
-    log.info("central: %s", {k: round(v, 4) for k, v in flat_scalars(metrics).items()
-                              if k in ("map50", "dice", "auc", "sensitivity", "specificity")})
-    return CentralResult(out_dir, model_path, metrics, result.seconds,
-                         len(train_set), len(val_set))
+    log.info("central: best epoch %d/%d: %s; operating point %s > %.3f (sens %.3f, spec %.3f)",
+             best, total,
+             {k: round(v, 4) for k, v in flat_scalars(metrics).items()
+              if k in ("map50", "dice", "auc", "sensitivity", "specificity")},
+             point.rule, point.threshold, point.sensitivity, point.specificity)
+    return CentralResult(out_dir, model_path, metrics, seconds, len(train_set), len(val_set))
+
+
+BEST_MODEL = "best.pt"
+BEST_STATE = "best_state.npz"
+EPOCHS_FILE = "epochs.json"
+
+
+def better(new: float, best: float | None) -> bool:
+    """Whether validation map50 ``new`` replaces ``best``: strictly higher; ``nan`` never
+    beats a finite value, and while no value is finite the newer one is kept."""
+    if best is None or math.isnan(best):
+        return True
+    return not math.isnan(new) and new > best
+
+
+def best_epoch(rows: dict[int, dict[str, Any]]) -> int | None:
+    """The epoch of ``rows`` (epoch -> row with ``val_map50``) that :func:`better` keeps."""
+    best: int | None = None
+    for e in sorted(rows):
+        value = _nan(rows[e].get("val_map50"))
+        if best is None or better(value, _nan(rows[best].get("val_map50"))):
+            best = e
+    return best
+
+
+class _EpochLog:
+    """Per-epoch validation of a central run, kept beside the trainer's checkpoint.
+
+    ``epochs.json`` holds one row per validated epoch; ``best.pt`` (model + operating
+    point) and ``best_state.npz`` (validation accumulator state) hold the best epoch.
+    Both best files are written before the row, so a run killed in between validates
+    that epoch again when it resumes.
+    """
+
+    def __init__(self, ckdir: Path, *, fresh: bool) -> None:
+        self.ckdir = ckdir
+        self.rows: dict[int, dict[str, Any]] = {}
+        path = ckdir / EPOCHS_FILE
+        resumable = (ckdir / CHECKPOINT_NAME).exists() and (ckdir / BEST_MODEL).exists()
+        if not fresh and resumable and path.exists():
+            self.rows = {int(r["epoch"]): r for r in json.loads(path.read_text())}
+
+    def best_epoch(self) -> int:
+        best = best_epoch(self.rows)
+        if best is None:
+            raise RuntimeError(f"{self.ckdir}: no validated epoch on record")
+        return best
+
+    def best_state(self) -> dict[str, np.ndarray]:
+        with np.load(self.ckdir / BEST_STATE) as z:
+            return {k: z[k] for k in z.files}
+
+    def record(self, epoch: int, stats: Any, acc: MetricAccumulator, model: torch.nn.Module,
+               cfg: EndoFedConfig) -> None:
+        metrics = acc.compute()
+        point = choose_operating_point(acc.state(), cfg.federation.threshold_rule)
+        row: dict[str, Any] = {"epoch": epoch}
+        if stats is not None:
+            row.update({"loss": stats.loss, "cls": stats.cls, "reg": stats.reg,
+                        "seg": stats.seg, "images_per_s": stats.images_per_second})
+        row.update({"val_map50": metrics["map50"], "val_dice": metrics["dice"],
+                    "val_auc_lesion": metrics["auc_lesion"],
+                    "val_op_threshold": point.threshold,
+                    "val_op_sensitivity": point.sensitivity,
+                    "val_op_specificity": point.specificity})
+        before = best_epoch({e: r for e, r in self.rows.items() if e < epoch})
+        best_value = None if before is None else _nan(self.rows[before]["val_map50"])
+        if better(float(metrics["map50"]), best_value):
+            extra = {"class_names": list(cfg.data.class_names), "epoch": epoch,
+                     "val_map50": float(metrics["map50"]),
+                     "operating_point": point.to_dict()}
+            save_checkpoint(self.ckdir / BEST_MODEL, model, extra=extra)
+            state = acc.state()
+            atomic_save(self.ckdir / BEST_STATE, lambda tmp: _save_npz(tmp, state))
+        self.rows[epoch] = json_safe(row)
+        atomic_write_json(self.ckdir / EPOCHS_FILE, [self.rows[e] for e in sorted(self.rows)],
+                          indent=1)
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _save_npz(path: Path, state: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **state)
