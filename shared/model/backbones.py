@@ -1,14 +1,16 @@
-"""Backbones producing the six SSD source maps, all with GroupNorm.
+"""Backbones producing the six SSD source maps.
 
 Each backbone has:
 
 * ``body``: the part whose weights may come from a torchvision checkpoint (frozen in
-  ``local`` fine-tuning);
-* ``extras``: the SSD extra layers (always trained);
+  ``local`` fine-tuning). With ``config.body_norm == "group"`` (training from scratch)
+  GroupNorm follows every body convolution; with ``"folded"`` (vgg16 / resnet, a
+  torchvision file) the convolutions carry a bias and the body has no norm layer: the
+  file's eval-mode BatchNorm is folded into them (``shared/model/weights.py``);
+* ``extras``: the SSD extra layers (always trained, always GroupNorm);
 * ``out_channels``: channels of the six source maps;
-* :meth:`torchvision_key_map`: ``{torchvision key: own key}`` for the tensors a
-  torchvision ``state_dict`` can fill (convolutions; BatchNorm tensors are not
-  mappable since we use GroupNorm).
+* :meth:`torchvision_pairs`: ``(own conv, torchvision conv, torchvision BatchNorm or
+  None)`` for every body convolution a torchvision ``state_dict`` can fill.
 
 Source map 0 is the "conv4_3" map (stride 8), map 1 "conv7", map 2 "conv8_2"; these
 three feed the segmentation branch.
@@ -27,6 +29,9 @@ from endofed.shared.model.layers import ConvGNReLU, L2Norm, group_norm, no_inpla
 from endofed.shared.model.presets import RESNET_LAYERS, SSDConfig
 
 NUM_SOURCE_MAPS = 6
+
+#: ``(own conv module name, torchvision conv prefix, torchvision BatchNorm prefix | None)``
+TorchvisionPair = tuple[str, str, str | None]
 
 
 def _extra_block(
@@ -47,9 +52,20 @@ class SSDBackbone(nn.Module):
     body: nn.Module
     extras: nn.ModuleList
 
+    def torchvision_pairs(self) -> list[TorchvisionPair]:
+        """Body convolutions a torchvision ``state_dict`` fills (empty: no counterpart)."""
+        return []
+
     def torchvision_key_map(self) -> dict[str, str]:
-        """``{torchvision state_dict key: key in this backbone}`` (empty: no mapping)."""
-        return {}
+        """``{torchvision conv key: key in this backbone}`` for the convolution tensors
+        (weight, and bias when our conv has one); BatchNorm keys are not in it."""
+        own = self.state_dict()
+        out = {}
+        for name, tv_conv, _ in self.torchvision_pairs():
+            for p in ("weight", "bias"):
+                if f"{name}.{p}" in own:
+                    out[f"{tv_conv}.{p}"] = f"{name}.{p}"
+        return out
 
     def _run_extras(self, x: torch.Tensor, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         for block in self.extras:
@@ -58,12 +74,23 @@ class SSDBackbone(nn.Module):
         return maps
 
 
+def _body_conv(in_ch: int, out_ch: int, k: int = 3, *, groups: int, folded: bool,
+               **kw: int) -> ConvGNReLU:
+    """A body ``conv -> norm -> ReLU``; ``folded``: the norm is ``Identity`` (no norm)."""
+    block = ConvGNReLU(in_ch, out_ch, k, groups=groups, **kw)
+    if folded:
+        block.norm = nn.Identity()
+    return block
+
+
 class VGG16Backbone(SSDBackbone):
-    """The SSD300 VGG16 extractor (as torchvision's ``SSDFeatureExtractorVGG``) with GN.
+    """The SSD300 VGG16 extractor (as torchvision's ``SSDFeatureExtractorVGG``).
 
     ``body.stage4`` ends at conv4_3 (ceil-mode pool3 as in SSD), ``body.stage7`` holds
     conv5_x, pool5 (3x3/s1), fc6 (3x3, dilation 6) and fc7 (1x1). ``l2norm`` rescales
-    conv4_3. GroupNorm follows every convolution.
+    conv4_3. With ``body_norm="group"`` GroupNorm follows every body convolution; with
+    ``"folded"`` the body has no norm at all, as torchvision's ``vgg16`` (fc6/fc7 are
+    then Xavier-initialised, as torchvision's SSD does).
     """
 
     _CFG4: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512)
@@ -73,6 +100,7 @@ class VGG16Backbone(SSDBackbone):
     def __init__(self, config: SSDConfig) -> None:
         super().__init__()
         g = config.gn_groups
+        folded = config.body_norm == "folded"
         if len(config.extra_channels) != 4:
             raise ValueError(
                 f"preset {config.name!r}: the vgg16 backbone needs 4 extra_channels "
@@ -86,17 +114,21 @@ class VGG16Backbone(SSDBackbone):
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=(v == "C")))
             else:
                 self._conv_names.append(f"body.stage4.{len(layers)}.conv")
-                layers.append(ConvGNReLU(in_ch, int(v), 3, groups=g))
+                layers.append(_body_conv(in_ch, int(v), 3, groups=g, folded=folded))
                 in_ch = int(v)
         stage7: list[nn.Module] = [nn.MaxPool2d(2, 2)]
         for _ in range(3):
             self._conv_names.append(f"body.stage7.{len(stage7)}.conv")
-            stage7.append(ConvGNReLU(512, 512, 3, groups=g))
-        stage7 += [
-            nn.MaxPool2d(3, 1, 1),
-            ConvGNReLU(512, 1024, 3, padding=6, dilation=6, groups=g),  # fc6
-            ConvGNReLU(1024, 1024, 1, groups=g),  # fc7 ("conv7")
+            stage7.append(_body_conv(512, 512, 3, groups=g, folded=folded))
+        fc = [
+            _body_conv(512, 1024, 3, padding=6, dilation=6, groups=g, folded=folded),  # fc6
+            _body_conv(1024, 1024, 1, groups=g, folded=folded),  # fc7 ("conv7")
         ]
+        if folded:
+            for block in fc:
+                nn.init.xavier_uniform_(block.conv.weight)
+                nn.init.zeros_(block.conv.bias)
+        stage7 += [nn.MaxPool2d(3, 1, 1), *fc]
         self.body = nn.Module()
         self.body.stage4 = nn.Sequential(*layers)
         self.body.stage7 = nn.Sequential(*stage7)
@@ -117,22 +149,26 @@ class VGG16Backbone(SSDBackbone):
         c7 = self.body.stage7(c4)
         return self._run_extras(c7, [self.l2norm(c4), c7])
 
-    def torchvision_key_map(self) -> dict[str, str]:
-        out = {}
-        for idx, name in zip(self._TV_CONV_IDX, self._conv_names, strict=True):
-            out[f"features.{idx}.weight"] = f"{name}.weight"
-            out[f"features.{idx}.bias"] = f"{name}.bias"
-        return out
+    def torchvision_pairs(self) -> list[TorchvisionPair]:
+        return [
+            (name, f"features.{idx}", None)
+            for idx, name in zip(self._TV_CONV_IDX, self._conv_names, strict=True)
+        ]
 
 
 class WideResNet(ResNet):
-    """torchvision's ResNet (Bottleneck) with GroupNorm and all widths times ``width``.
+    """torchvision's ResNet (Bottleneck) with all widths times ``width``.
 
     Module names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``...), so a
-    torchvision checkpoint maps 1:1 for ``width=1``; ``bn*`` modules are GroupNorm.
+    torchvision checkpoint maps 1:1 for ``width=1``. ``bn*`` modules (and
+    ``downsample.1``) are GroupNorm; with ``folded=True`` they are ``Identity`` and every
+    convolution has a bias (a torchvision ResNet with its BatchNorm folded in).
     """
 
-    def __init__(self, layers: tuple[int, int, int, int], width: int, groups: int) -> None:
+    def __init__(
+        self, layers: tuple[int, int, int, int], width: int, groups: int, *,
+        folded: bool = False,
+    ) -> None:
         nn.Module.__init__(self)
         self._norm_layer = partial(group_norm, groups=groups)
         self.inplanes = 64 * width
@@ -155,6 +191,20 @@ class WideResNet(ResNet):
         for m in self.modules():
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
+        if folded:
+            _fold_away_norms(self)
+
+    def torchvision_pairs(self) -> list[TorchvisionPair]:
+        """``(conv, conv, its BatchNorm)`` in torchvision names (relative to this body)."""
+        pairs: list[TorchvisionPair] = [("conv1", "conv1", "bn1")]
+        for name, m in self.named_modules():
+            if isinstance(m, Bottleneck):
+                for k in (1, 2, 3):
+                    pairs.append((f"{name}.conv{k}", f"{name}.conv{k}", f"{name}.bn{k}"))
+                if m.downsample is not None:
+                    ds = f"{name}.downsample"
+                    pairs.append((f"{ds}.0", f"{ds}.0", f"{ds}.1"))
+        return pairs
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -164,8 +214,33 @@ class WideResNet(ResNet):
         return [c2, c3, c4]
 
 
+def _fold_away_norms(body: nn.Module) -> None:
+    """The no-norm (folded) form of a GN ResNet body: biased convs, ``Identity`` norms.
+
+    The residual branch's last conv starts at zero (as the zero-init of its norm), so a
+    folded body that is not loaded from a file still starts near the identity."""
+    for parent in list(body.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.Conv2d) and child.bias is None:
+                conv = nn.Conv2d(
+                    child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                    child.padding, child.dilation, child.groups, bias=True,
+                )
+                with torch.no_grad():
+                    conv.weight.copy_(child.weight)
+                    conv.bias.zero_()
+                    if isinstance(parent, Bottleneck) and name == "conv3":
+                        conv.weight.zero_()
+                setattr(parent, name, conv)
+
+
 class ResNetBackbone(SSDBackbone):
-    """ResNet-``depth`` x ``width`` (GN): layer2/3/4 (strides 8/16/32) + 3 extras."""
+    """ResNet-``depth`` x ``width``: layer2/3/4 (strides 8/16/32) + 3 GN extras.
+
+    The body is GroupNorm (``body_norm="group"``) or norm-free with biased convs
+    (``"folded"``, for a torchvision file's folded BatchNorm)."""
 
     def __init__(self, config: SSDConfig) -> None:
         super().__init__()
@@ -175,7 +250,9 @@ class ResNetBackbone(SSDBackbone):
                 f"got {config.extra_channels}"
             )
         w, g = config.width, config.gn_groups
-        self.body = WideResNet(RESNET_LAYERS[config.depth], w, g)
+        self.body = WideResNet(
+            RESNET_LAYERS[config.depth], w, g, folded=config.body_norm == "folded"
+        )
         chans = [512 * w, 1024 * w, 2048 * w]
         e = config.extra_channels
         self.extras = nn.ModuleList(
@@ -191,13 +268,8 @@ class ResNetBackbone(SSDBackbone):
         maps = self.body(x)
         return self._run_extras(maps[-1], list(maps))
 
-    def torchvision_key_map(self) -> dict[str, str]:
-        out = {}
-        for name, m in self.body.named_modules():
-            if isinstance(m, nn.Conv2d):
-                for p, _ in m.named_parameters(recurse=False):
-                    out[f"{name}.{p}"] = f"body.{name}.{p}"
-        return out
+    def torchvision_pairs(self) -> list[TorchvisionPair]:
+        return [(f"body.{own}", tv, bn) for own, tv, bn in self.body.torchvision_pairs()]
 
 
 class CPUBackbone(SSDBackbone):
