@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from endofed.shared.engine.trainer import CHECKPOINT_NAME
 from endofed.shared.metrics import MetricAccumulator, flat_scalars, json_safe
 from endofed.shared.metrics.operating_point import choose_operating_point
 from endofed.shared.metrics.report import write_evaluation_report
+from endofed.shared.metrics.scalars import improves
 from endofed.shared.model import save_checkpoint
 from endofed.shared.util.atomic import atomic_save, atomic_write_json
 
@@ -157,20 +157,13 @@ BEST_STATE = "best_state.npz"
 EPOCHS_FILE = "epochs.json"
 
 
-def better(new: float, best: float | None) -> bool:
-    """Whether validation map50 ``new`` replaces ``best``: strictly higher; ``nan`` never
-    beats a finite value, and while no value is finite the newer one is kept."""
-    if best is None or math.isnan(best):
-        return True
-    return not math.isnan(new) and new > best
-
-
 def best_epoch(rows: dict[int, dict[str, Any]]) -> int | None:
-    """The epoch of ``rows`` (epoch -> row with ``val_map50``) that :func:`better` keeps."""
+    """The epoch of ``rows`` (epoch -> row with ``val_map50``) that model selection keeps
+    (:func:`endofed.shared.metrics.scalars.improves`)."""
     best: int | None = None
     for e in sorted(rows):
         value = _nan(rows[e].get("val_map50"))
-        if best is None or better(value, _nan(rows[best].get("val_map50"))):
+        if best is None or improves(value, _nan(rows[best].get("val_map50"))):
             best = e
     return best
 
@@ -217,7 +210,7 @@ class _EpochLog:
                     "val_op_specificity": point.specificity})
         before = best_epoch({e: r for e, r in self.rows.items() if e < epoch})
         best_value = None if before is None else _nan(self.rows[before]["val_map50"])
-        if better(float(metrics["map50"]), best_value):
+        if improves(float(metrics["map50"]), best_value):
             extra = {"class_names": list(cfg.data.class_names), "epoch": epoch,
                      "val_map50": float(metrics["map50"]),
                      "operating_point": point.to_dict()}

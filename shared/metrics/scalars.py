@@ -1,4 +1,4 @@
-"""Scalar summaries: the nan-aware mean of per-class values and flat ``{name: float}``.
+"""Scalar summaries: nan-aware mean, flat ``{name: float}``, model-selection comparison.
 
 :func:`flat_scalars` turns :meth:`MetricAccumulator.compute` output into the flat
 rows written to CSV files and Flower ``MetricRecord``\\ s.
@@ -17,6 +17,18 @@ def nan_mean(values: Iterable[float]) -> float:
     """Mean of the non-``nan`` values; ``nan`` if there are none."""
     vals = [v for v in values if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def improves(new: float, best: float | None) -> bool:
+    """Model selection: does a validation score ``new`` replace the ``best`` so far?
+
+    Strictly higher wins (a tie keeps the earlier model); ``nan`` (e.g. mAP without
+    ground-truth boxes) never beats a finite value, and while nothing is finite the
+    newer model is kept. ``best=None``: nothing kept yet.
+    """
+    if best is None or math.isnan(best):
+        return True
+    return not math.isnan(new) and new > best
 
 
 def _fmt_thr(t: float) -> str:
