@@ -18,6 +18,11 @@ import numpy as np
 import torch
 
 from endofed.shared.data.transforms import build_transforms, to_tv_sample
+from endofed.shared.metrics.operating_point import (
+    OperatingPoint,
+    default_operating_point,
+    from_checkpoint_extra,
+)
 from endofed.shared.model import ImprovedSSD, load_model_checkpoint, read_checkpoint
 from endofed.shared.model.export import OUTPUT_NAMES, export_onnx
 
@@ -38,6 +43,11 @@ class Prediction:
     mask_prob: np.ndarray  # (H, W) float32
     attention: np.ndarray  # (H, W) float32 in [0, 1]
     latency_ms: float
+    # The lesion / no-lesion verdict: lesion probability (1 - p(normal)) > threshold.
+    lesion_probability: float = float("nan")
+    lesion: bool | None = None
+    threshold: float | None = None
+    threshold_rule: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +57,10 @@ class Prediction:
             "scores": [round(float(s), 4) for s in self.scores],
             "image_probs": {k: round(v, 4) for k, v in self.image_probs.items()},
             "predicted_class": max(self.image_probs, key=self.image_probs.get),
+            "lesion_probability": round(float(self.lesion_probability), 4),
+            "lesion": self.lesion,
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
             "lesion_area_fraction": float((self.mask_prob > 0.5).mean()),
             "latency_ms": round(self.latency_ms, 2),
         }
@@ -76,11 +90,14 @@ class Predictor:
         class_names: Sequence[str],
         device: torch.device,
         score_thresh: float = 0.3,
+        operating_point: OperatingPoint | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.class_names = list(class_names)
         self.score_thresh = score_thresh
+        # the image-level verdict's threshold; None: lesion probability > 0.5
+        self.operating_point = operating_point or default_operating_point()
         self.image_size = int(model.config.image_size)
         self.transform = build_transforms(self.image_size, train=False)
 
@@ -88,11 +105,17 @@ class Predictor:
     def from_checkpoint(
         cls, path: Path, *, device: torch.device, score_thresh: float = 0.3
     ) -> Predictor:
-        """Load a model saved by training, a federated run (final_model.pt) or export."""
+        """Load a model saved by training, a federated run (final_model.pt) or export.
+
+        The image-level threshold is the checkpoint's ``extra["operating_point"]``; a
+        checkpoint without one gets 0.5 and a logged warning.
+        """
         model = load_model_checkpoint(path, map_location=device)
         extra = read_checkpoint(path).get("extra", {})
         names = extra.get("class_names") or [f"class_{i}" for i in range(1, model.num_classes + 1)]
-        return cls(model, class_names=names, device=device, score_thresh=score_thresh)
+        point = from_checkpoint_extra(extra, origin=str(path))
+        return cls(model, class_names=names, device=device, score_thresh=score_thresh,
+                   operating_point=point)
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
         h, w = image.shape[:2]
@@ -127,6 +150,10 @@ class Predictor:
             mask_prob=cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR),
             attention=cv2.resize(att, (w, h), interpolation=cv2.INTER_LINEAR),
             latency_ms=latency,
+            lesion_probability=1.0 - float(probs[0]),
+            lesion=bool(self.operating_point.is_lesion(probs[:1])[0]),
+            threshold=self.operating_point.threshold,
+            threshold_rule=self.operating_point.rule,
         )
 
 

@@ -22,13 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from endofed.shared.config import EndoFedConfig
     from endofed.shared.engine import evaluate, resolve_device
     from endofed.shared.metrics import MetricAccumulator, flat_scalars
+    from endofed.shared.metrics.operating_point import at_threshold, from_checkpoint_extra
     from endofed.shared.metrics.report import write_evaluation_report
     from endofed.shared.model import load_model_checkpoint, read_checkpoint
     from endofed.simulations.central import pooled_records
 
     device = resolve_device(args.device)
     model = load_model_checkpoint(args.checkpoint, map_location=device)
-    names = read_checkpoint(args.checkpoint).get("extra", {}).get("class_names") or [
+    extra = read_checkpoint(args.checkpoint).get("extra", {})
+    names = extra.get("class_names") or [
         f"class_{i}" for i in range(1, model.num_classes + 1)
     ]
     cfg = EndoFedConfig.from_mapping({
@@ -40,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
     evaluate(model, loader_for(dataset_for(records, cfg, train=False), cfg, shuffle=False),
              acc, device=device, score_thresh=args.score_thresh, progress=True)
     metrics = acc.compute()
+    # The checkpoint's own threshold (0.5 with a warning for an old checkpoint), applied
+    # to these images: sensitivity / specificity of the verdict the model ships with.
+    stored = from_checkpoint_extra(extra, origin=str(args.checkpoint))
+    point = at_threshold(acc.state(), stored.threshold, rule=stored.rule)
+    metrics["operating_point"] = {
+        **point.to_dict(), "note": stored.note,
+        "chosen_on": f"stored in {args.checkpoint.name} (not re-chosen on these images)",
+    }
     report = write_evaluation_report(
         metrics, args.out, title=f"EndoFed evaluation of {args.checkpoint.name}",
         extra_sections={"Data": ", ".join(str(p) for p in args.data)
@@ -48,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
     s = flat_scalars(metrics)
     keys = ("map50", "map", "dice", "auc", "sensitivity", "specificity", "accuracy", "f1")
     print("  ".join(f"{k}={s.get(k, float('nan')):.4f}" for k in keys))
+    print(f"at lesion probability > {point.threshold:g} (rule {point.rule}): "
+          f"sensitivity={point.sensitivity:.4f}  specificity={point.specificity:.4f}")
     print(f"report: {report}")
     return 0

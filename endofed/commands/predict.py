@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from endofed.shared.engine import resolve_device
     from endofed.shared.inference import Predictor, predict_to_dir
+    from endofed.shared.metrics import json_safe
 
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=resolve_device(args.device), score_thresh=args.score_thresh
@@ -28,10 +29,15 @@ def run(args: argparse.Namespace) -> int:
     results, problems = predict_to_dir(
         predictor, args.inputs, args.out, overlays=not args.no_overlay
     )
+    op = predictor.operating_point
     summary = {"images": len(results), "skipped": [{"file": f, "reason": r} for f, r in problems],
-               "out": str(args.out)}
+               "out": str(args.out),
+               "lesion_images": sum(bool(r["lesion"]) for r in results),
+               "operating_point": json_safe(op.to_dict())}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{len(results)} images predicted, {len(problems)} skipped -> {args.out}")
+    print(f"{len(results)} images predicted ({summary['lesion_images']} lesion at lesion "
+          f"probability > {op.threshold:g}, rule {op.rule}), {len(problems)} skipped "
+          f"-> {args.out}")
     for f, r in problems:
         print(f"  skipped {f}: {r}")
     return 0 if results else 1

@@ -215,9 +215,13 @@ def from_checkpoint_extra(extra: Mapping[str, Any] | None, *, origin: str = "") 
         "calibrated); using lesion probability > %.1f", origin or "checkpoint",
         DEFAULT_THRESHOLD,
     )
+    return default_operating_point("checkpoint without an operating point")
+
+
+def default_operating_point(note: str = "no calibrated threshold") -> OperatingPoint:
+    """Lesion probability > 0.5 (the argmax verdict), with unknown rates."""
     nan = float("nan")
     return OperatingPoint(
         rule="default", threshold=DEFAULT_THRESHOLD, sensitivity=nan, specificity=nan,
-        num_positive=0, num_negative=0, score_bins=DEFAULT_SCORE_BINS,
-        note="checkpoint without an operating point",
+        num_positive=0, num_negative=0, score_bins=DEFAULT_SCORE_BINS, note=note,
     )
