@@ -3,7 +3,9 @@
 Each evaluate reply carries the site's ``MetricAccumulator`` state (an ArrayRecord of
 count arrays) and its example count; summing the states gives the same accumulator the
 center would have filled had it seen all images itself, so global AUC, mAP, confusion
-matrix and localisation table are exact rather than averages of site metrics.
+matrix and localisation table are exact rather than averages of site metrics. The
+image-level operating point (``threshold-rule``) is chosen on the merged score
+histograms, so it is the threshold the pooled validation images would give.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flwr.app import Message
 from endofed.server.replies import site_of
 from endofed.shared import protocol
 from endofed.shared.metrics import MetricAccumulator, flat_scalars
+from endofed.shared.metrics.operating_point import choose_operating_point
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +27,18 @@ STATE_KEY = protocol.METRIC_STATE
 
 
 def merge_evaluation_replies(
-    replies: Iterable[Message], *, class_names: list[str], morphology_names: list[str]
+    replies: Iterable[Message],
+    *,
+    class_names: list[str],
+    morphology_names: list[str],
+    threshold_rule: str = "youden",
 ) -> dict[str, Any]:
-    """Per-site and merged metrics from evaluate replies (errors are logged and skipped)."""
+    """Per-site and merged metrics from evaluate replies (errors are logged and skipped).
+
+    The merged metrics carry ``operating_point``: ``threshold_rule`` applied to the
+    merged histograms (``op_threshold`` / ``op_sensitivity`` / ``op_specificity`` in the
+    global scalars).
+    """
     total = MetricAccumulator(class_names=class_names, morphology_names=morphology_names)
     site_scalars: dict[str, dict[str, float]] = {}
     used = 0
@@ -52,6 +64,11 @@ def merge_evaluation_replies(
     if used == 0:
         return {"site_scalars": site_scalars, "global_scalars": {}, "global_metrics": None}
     metrics = total.compute()
+    point = choose_operating_point(total.state(), threshold_rule)
+    metrics["operating_point"] = {
+        **point.to_dict(),
+        "chosen_on": f"merged validation histograms of {used} site(s)",
+    }
     return {
         "site_scalars": site_scalars,
         "global_scalars": flat_scalars(metrics),

@@ -25,7 +25,15 @@ from flwr.serverapp import Grid
 from endofed.server.evaluation import merge_evaluation_replies
 from endofed.server.replies import METRICS_KEY, screen_train_replies, site_of
 from endofed.server.report import render_run_report
-from endofed.server.run_state import RunState, load_run_state, save_run_state, write_round_metrics
+from endofed.server.run_state import (
+    BEST_MODEL,
+    FINAL_MODEL,
+    RunState,
+    load_run_state,
+    save_run_state,
+    to_checkpoint,
+    write_round_metrics,
+)
 from endofed.server.secagg import SecureTrainingPhase
 from endofed.server.strategies import (
     base_strategy,
@@ -36,6 +44,7 @@ from endofed.server.strategies import (
 )
 from endofed.shared.build import model_for
 from endofed.shared.config import ConfigError, EndoFedConfig
+from endofed.shared.metrics.scalars import improves
 from endofed.shared.model import load_trainable_state, save_checkpoint, trainable_state
 from endofed.shared.util.atomic import atomic_write_json, atomic_write_text
 
@@ -335,6 +344,7 @@ class FederatedRun:
             replies,
             class_names=list(self.cfg.data.class_names),
             morphology_names=list(self.cfg.data.morphology_names),
+            threshold_rule=self.cfg.federation.threshold_rule,
         )
 
     def _record_round(
@@ -364,6 +374,7 @@ class FederatedRun:
             self.state.history.append(row)
         if evaluation.get("global_metrics") is not None:
             write_round_metrics(self.run_dir, server_round, evaluation["global_metrics"])
+            self._keep_if_best(server_round, arrays, evaluation["global_metrics"])
         self.state.round = server_round
         self.state.arrays = from_arrayrecord(arrays)
         self.state.strategy_state = strategy_state(self.strategy)
@@ -374,17 +385,43 @@ class FederatedRun:
             _fmt(g.get("map50")), _fmt(g.get("dice")), _fmt(g.get("auc")),
         )
 
-    def _finish(self, arrays: ArrayRecord) -> None:
+    def _keep_if_best(
+        self, server_round: int, arrays: ArrayRecord, metrics: dict[str, Any]
+    ) -> None:
+        """Write ``model_best.pt`` when this round's federated validation map50 is the
+        best so far (:func:`~endofed.shared.metrics.scalars.improves`); before the round
+        checkpoint, so a resumed run never has a best model older than its history."""
+        earlier = [_nan(r.get("map50")) for r in self.state.history
+                   if r.get("site") == "global" and r.get("round", 0) < server_round
+                   and "map50" in r]
+        best: float | None = None
+        for value in earlier:
+            if improves(value, best):
+                best = value
+        value = _nan(metrics.get("map50"))
+        if not improves(value, best):
+            return
+        self._save_model(BEST_MODEL, arrays, {"round": server_round, "val_map50": value,
+                                              "operating_point": metrics.get("operating_point")})
+        log.info("round %d: best federated validation map50 so far (%s); %s written",
+                 server_round, _fmt(value), BEST_MODEL)
+
+    def _save_model(self, name: str, arrays: ArrayRecord, extra: dict[str, Any]) -> Path:
         load_trainable_state(
             self.model, {k: torch.from_numpy(v) for k, v in from_arrayrecord(arrays).items()}
         )
-        save_checkpoint(
-            self.run_dir / "final_model.pt",
-            self.model,
-            extra={"class_names": list(self.cfg.data.class_names),
-                   "run_name": self.cfg.federation.run_name,
-                   "rounds": self.state.round},
-        )
+        extra = {"class_names": list(self.cfg.data.class_names),
+                 "run_name": self.cfg.federation.run_name,
+                 **{k: v for k, v in extra.items() if v is not None}}
+        return save_checkpoint(self.run_dir / name, self.model, extra=to_checkpoint(extra))
+
+    def _finish(self, arrays: ArrayRecord) -> None:
+        # final_model.pt is the last round's global model with that round's threshold.
+        latest = _latest_round_metrics(self.run_dir)
+        self._save_model(FINAL_MODEL, arrays, {
+            "rounds": self.state.round,
+            "operating_point": (latest or {}).get("operating_point"),
+        })
         if self.state.events:
             rows = ["| Round | Site | Event | Reason |", "|---|---|---|---|"]
             rows += [f"| {e['round']} | {e['site']} | {e['event']} | {e.get('reason', '')} |"
@@ -409,6 +446,25 @@ def _restrict_to_common_metrics(replies: list[Message]) -> None:
             msg.content[METRICS_KEY] = MetricRecord(
                 {k: v for k, v in record.items() if k in common}
             )
+
+
+def _nan(x: Any) -> float:
+    try:
+        return float("nan") if x is None else float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _latest_round_metrics(run_dir: Path) -> dict[str, Any] | None:
+    files = sorted((run_dir / "rounds").glob("round_*.json"))
+    if not files:
+        return None
+    try:
+        return json.loads(files[-1].read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); final model stored without a threshold",
+                    files[-1], exc)
+        return None
 
 
 def _fmt(x: float | None) -> str:

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from endofed.shared.metrics.formatting import fmt_value
 from endofed.shared.metrics.report import (
     plot_metric_curves,
     plot_site_bars,
     write_evaluation_report,
 )
+from endofed.shared.model import read_checkpoint
 from endofed.shared.util.tables import dataframe_table
 
 log = logging.getLogger(__name__)
 
-CURVE_METRICS = ["map50", "map", "dice", "auc", "sensitivity", "specificity", "train-loss"]
+CURVE_METRICS = ["map50", "map", "dice", "auc", "sensitivity", "specificity",
+                 "op_sensitivity", "op_specificity", "train-loss"]
 
 
 def _latest_round_metrics(run_dir: Path) -> tuple[int, dict] | None:
@@ -72,6 +75,10 @@ def render_run_report(run_dir: Path) -> Path:
                 dataframe_table(eps.reset_index()) + "\n\n![epsilon](epsilon.png)"
             )
 
+    models = _models_section(run_dir)
+    if models:
+        sections["Saved models"] = models
+
     for extra, heading in (("audit.md", "Privacy audit (membership inference)"),
                            ("events.md", "Events (declined or rejected updates)")):
         p = run_dir / extra
@@ -82,3 +89,28 @@ def render_run_report(run_dir: Path) -> Path:
     out = write_evaluation_report(metrics, run_dir, title=title, extra_sections=sections)
     log.info("report written to %s", out)
     return out
+
+
+def _models_section(run_dir: Path) -> str:
+    """Which round each saved global model is, and the threshold it carries."""
+    lines = []
+    for name, what in (("final_model.pt", "the global model after round {round}"),
+                       ("model_best.pt", "round {round}, the best federated validation "
+                                         "mAP@0.5 ({val_map50})")):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            extra = read_checkpoint(path).get("extra", {})
+        except Exception as exc:  # a report must not fail on one unreadable file
+            log.warning("%s unreadable: %s", path, exc)
+            continue
+        fields = {"round": extra.get("round", extra.get("rounds", "?")),
+                  "val_map50": fmt_value(extra.get("val_map50"))}
+        op = extra.get("operating_point") or {}
+        verdict = (f"lesion when lesion probability > {fmt_value(op.get('threshold'))} "
+                   f"(rule `{op.get('rule')}`, sensitivity {fmt_value(op.get('sensitivity'))}, "
+                   f"specificity {fmt_value(op.get('specificity'))})"
+                   if op.get("threshold") is not None else "no stored threshold (0.5 is used)")
+        lines.append(f"* `{name}`: {what.format(**fields)}; {verdict}.")
+    return "\n".join(lines)

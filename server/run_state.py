@@ -6,7 +6,10 @@ Layout of ``runs/<run-name>/``::
     checkpoints/last.pt        copy of the newest round checkpoint (atomic replace)
     metrics.csv                one row per round and site ('global' = merged)
     rounds/round_003.json      full merged metrics of that round (ROC, confusion...)
-    final_model.pt             full model checkpoint after the last round
+    final_model.pt             full model checkpoint after the last round, with that
+                               round's image-level operating point (extra)
+    model_best.pt              the round with the best federated validation map50 so
+                               far (ties: the earlier round), with its operating point
     report.md + *.png          the run report
 
 A round checkpoint holds tensors, strings, numbers, lists and dicts only (numpy
@@ -34,6 +37,8 @@ from endofed.shared.util.atomic import atomic_save, atomic_write_json
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
+FINAL_MODEL = "final_model.pt"
+BEST_MODEL = "model_best.pt"
 
 
 @dataclass

@@ -99,3 +99,39 @@ def test_same_run_name_resumes_from_last_checkpoint(federation):
         before.reset_index(drop=True),
     )
     assert (run_dir / "checkpoints" / "round_003.pt").exists()
+
+
+def test_stored_threshold_is_the_one_of_the_pooled_validation_images(federation):
+    """final_model.pt carries the operating point of the last round, chosen from the
+    merged site histograms: the threshold the pooled validation images give; model_best.pt
+    is the round with the best global map50."""
+    from endofed.shared.metrics.operating_point import choose_operating_point
+    from endofed.shared.metrics.scalars import improves
+    from endofed.shared.model import read_checkpoint
+
+    runs, run_dir = federation
+    cfg = EndoFedConfig.from_mapping({**RUN_CONFIG, "runs-dir": str(runs)})
+    model = load_model_checkpoint(run_dir / "final_model.pt")
+    acc = MetricAccumulator(class_names=list(cfg.data.class_names),
+                            morphology_names=list(cfg.data.morphology_names))
+    for pid in range(3):
+        index = harmonize_labels(scan_site(synthetic_site_dir(cfg, pid)), cfg.data.class_names)
+        _, val_set = train_val_datasets(index.records, cfg)
+        evaluate(model, loader_for(val_set, cfg, shuffle=False), acc,
+                 device=torch.device("cpu"))
+    pooled = choose_operating_point(acc.state(), cfg.federation.threshold_rule).to_dict()
+    final = read_checkpoint(run_dir / "final_model.pt")["extra"]
+    stored = final["operating_point"]
+    for key in ("rule", "threshold", "num_positive", "num_negative"):
+        assert stored[key] == pooled[key], key
+    df = pd.read_csv(run_dir / "metrics.csv")
+    g = df[df.site == "global"].sort_values("round")
+    assert float(g[g["round"] == final["rounds"]]["op_threshold"].iloc[0]) == pytest.approx(
+        stored["threshold"])
+    best_round, best = None, None
+    for r, v in zip(g["round"], g["map50"]):
+        if improves(float(v), best):
+            best_round, best = int(r), float(v)
+    extra = read_checkpoint(run_dir / "model_best.pt")["extra"]
+    assert extra["round"] == best_round
+    assert "## Saved models" in (run_dir / "report.md").read_text()
