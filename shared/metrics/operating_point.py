@@ -88,16 +88,21 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OperatingPoint:
-        nan = float("nan")
+        """Inverse of :meth:`to_dict`; ``None`` rates (JSON's ``nan``) read as ``nan``."""
+
+        def rate(key: str) -> float:
+            value = d.get(key)
+            return float("nan") if value is None else float(value)
+
         return cls(
             rule=str(d.get("rule", "fixed")),
             threshold=float(d["threshold"]),
-            sensitivity=float(d.get("sensitivity", nan)),
-            specificity=float(d.get("specificity", nan)),
-            num_positive=int(d.get("num_positive", 0)),
-            num_negative=int(d.get("num_negative", 0)),
-            score_bins=int(d.get("score_bins", DEFAULT_SCORE_BINS)),
-            note=str(d.get("note", "")),
+            sensitivity=rate("sensitivity"),
+            specificity=rate("specificity"),
+            num_positive=int(d.get("num_positive") or 0),
+            num_negative=int(d.get("num_negative") or 0),
+            score_bins=int(d.get("score_bins") or DEFAULT_SCORE_BINS),
+            note=str(d.get("note") or ""),
         )
 
 

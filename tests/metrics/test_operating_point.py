@@ -159,6 +159,10 @@ def test_checkpoint_round_trip_and_fallback_for_old_checkpoints(caplog):
     acc = _accumulate(HAND_P_NORMAL, HAND_LABELS, bins=10)
     point = choose_operating_point(acc.state(), "sensitivity:0.95")
     assert from_checkpoint_extra({"operating_point": point.to_dict()}) == point
+    # as read back from JSON (nan -> null): still the stored threshold, rates nan
+    from_json = from_checkpoint_extra({"operating_point": {**point.to_dict(),
+                                                           "specificity": None}})
+    assert from_json.threshold == point.threshold and math.isnan(from_json.specificity)
     with caplog.at_level(logging.WARNING):
         old = from_checkpoint_extra({"class_names": ["lesion"]}, origin="old.pt")
     assert old.threshold == 0.5 and "old.pt" in caplog.text
