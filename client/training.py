@@ -67,10 +67,11 @@ def _private_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str
         total_rounds=cfg.federation.num_server_rounds, local_epochs=cfg.train.epochs,
         max_steps_per_epoch=cfg.train.max_steps, ledger=ledger,
     )
+    logical, physical = cfg.dp_batch_sizes
     private = make_private(
         model=rt.model, dataset=rt.train_set, train=cfg.train, privacy=cfg.privacy,
-        ledger=ledger, plan=plan, batch_size=cfg.data.batch_size, device=rt.device,
-        num_workers=cfg.data.workers, engine=rt.dp_engine,
+        ledger=ledger, plan=plan, batch_size=logical, device=rt.device,
+        num_workers=cfg.data.workers, engine=rt.dp_engine, max_physical_batch_size=physical,
     )
     rt.dp_engine = private.engine
     trainer = Trainer(

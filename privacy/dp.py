@@ -178,8 +178,13 @@ def build_dp_engine(
     device: torch.device,
     num_workers: int = 0,
     site: str = "site",
+    max_physical_batch_size: int | None = None,
 ) -> DPEngine:
-    """Wrap ``model`` with Opacus for Poisson-sampled DP-SGD over ``dataset``."""
+    """Wrap ``model`` with Opacus for Poisson-sampled DP-SGD over ``dataset``.
+
+    ``batch_size`` is the expected logical (Poisson) batch; ``max_physical_batch_size``
+    caps what runs at once (``None``: ``dp-max-physical-batch-size``; 0: no cap).
+    """
     n = len(dataset)
     k = poisson_steps_per_epoch(n, batch_size)
     sample_rate = poisson_sample_rate(k)
@@ -218,10 +223,12 @@ def build_dp_engine(
             f"{expected_batch_size(n, 1.0 / k)} (= {n} images x rate {1.0 / k:.4g})"
         )
     physical = loader
-    if privacy.max_physical_batch_size > 0:
+    cap = privacy.max_physical_batch_size if max_physical_batch_size is None \
+        else max_physical_batch_size
+    if cap > 0:
         with BatchMemoryManager(
             data_loader=loader,
-            max_physical_batch_size=privacy.max_physical_batch_size,
+            max_physical_batch_size=cap,
             optimizer=dp_optimizer,
         ) as capped:
             physical = capped  # a DataLoader with our collate: still yields Batch
@@ -289,13 +296,16 @@ def make_private(
     device: torch.device,
     num_workers: int = 0,
     engine: DPEngine | None = None,
+    max_physical_batch_size: int | None = None,
 ) -> PrivateRound:
     """Prepare one DP-SGD round of ``plan`` under the site's budget.
 
     ``engine`` is the :class:`DPEngine` a previous round of this process returned
     (``PrivateRound.engine``); ``None`` builds it around ``model``. Train with
     ``round.module`` / ``round.optimizer`` / ``round.loader`` / ``round.on_empty_batch``
-    and ``round.train_config``, then call ``round.finish()``.
+    and ``round.train_config``, then call ``round.finish()``. ``batch_size`` is the
+    expected logical batch, ``max_physical_batch_size`` the cap on what runs at once
+    (see :func:`build_dp_engine`).
 
     Raises:
         PrivacyBudgetError: the round would exceed the site's epsilon target, need
@@ -308,6 +318,12 @@ def make_private(
                          f"dataset has {len(dataset)}: build a new engine (engine=None)")
     # Every budget check runs before Opacus touches the model.
     steps_per_epoch = poisson_steps_per_epoch(len(dataset), batch_size)
+    if engine is not None and engine.steps_per_epoch != steps_per_epoch:
+        # The accountant would book the plan's sample rate, the loader draw another's.
+        raise ValueError(
+            f"the DP engine samples {engine.steps_per_epoch} batches per epoch, a batch of "
+            f"{batch_size} needs {steps_per_epoch}: build a new engine (engine=None)"
+        )
     sample_rate = 1.0 / steps_per_epoch
     ledger.refresh()
     _check_new_study(ledger, privacy, plan)
@@ -319,7 +335,7 @@ def make_private(
         engine = build_dp_engine(
             model=model, dataset=dataset, train=train, privacy=privacy,
             batch_size=batch_size, device=device, num_workers=num_workers,
-            site=ledger.site,
+            site=ledger.site, max_physical_batch_size=max_physical_batch_size,
         )
     entry, before = ledger.reserve(
         run=plan.run, round=plan.server_round, noise_multiplier=sigma,

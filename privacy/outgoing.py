@@ -122,7 +122,7 @@ class OutgoingPolicy:
             tuple(cfg.data.class_names),
             tuple(cfg.data.morphology_names),
             int(cfg.data.image_size),
-            cfg.model.finetune,
+            cfg.finetune_mode,
         )
         if cfg.privacy.enabled:
             policy = dataclasses.replace(policy, metrics=DP_REPORTABLE_METRICS)

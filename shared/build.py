@@ -120,5 +120,5 @@ def model_for(cfg: EndoFedConfig) -> ImprovedSSD:
         num_classes=len(cfg.data.class_names),
         image_size=cfg.data.image_size,
         weights_path=_weights_source(cfg.model.weights_path),
-        finetune=cfg.model.finetune,
+        finetune=cfg.finetune_mode,
     )

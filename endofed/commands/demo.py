@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs directory")
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="lite0",
+                   help="model preset (lite0: ImageNet-pretrained EfficientNet-Lite0)")
+    p.add_argument("--image-size", type=int, default=128, help="model input size in pixels")
     p.add_argument("--images-per-site", type=int, default=32)
     p.set_defaults(func=run)
 
@@ -28,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
     run_config = {
         "num-server-rounds": args.rounds,
         "preset": args.preset,
-        "image-size": 96,
+        "image-size": args.image_size,
         "batch-size": 8,
         "local-epochs": 2,
         "learning-rate": 0.002,
+        "warmup-steps": 10,
         "synthetic-images-per-site": args.images_per_site,
         "threads": 1,
     }

@@ -64,10 +64,29 @@ class EndoFedConfig:
         """
         node = dict(node_config or {})
         merged = dict(run_config)
+        if str(merged.get("finetune", "auto")) == "auto" and "finetune" not in node:
+            # The server builds the global model from the run config alone, so "auto"
+            # follows the coordinator's dp-epsilon: server and sites send the same
+            # trainable tensors even where a site keeps its own DP settings.
+            merged["finetune"] = _auto_finetune(merged.get("dp-epsilon", 0))
         if node and "partition-id" not in node:
             merged = site_owned_run_config(merged, node)
         merged.update(node)
         return cls.from_mapping(merged)
+
+    @property
+    def finetune_mode(self) -> str:
+        """``finetune`` with ``auto`` resolved: ``local`` under per-site DP, else ``global``."""
+        if self.model.finetune != "auto":
+            return self.model.finetune
+        return _auto_finetune(self.privacy.epsilon)
+
+    @property
+    def dp_batch_sizes(self) -> tuple[int, int]:
+        """Under DP: (expected logical Poisson batch, physical batch cap)."""
+        logical = self.privacy.logical_batch_size or self.data.batch_size
+        physical = self.privacy.max_physical_batch_size or self.data.batch_size
+        return logical, min(physical, logical)
 
     def to_mapping(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -77,3 +96,11 @@ class EndoFedConfig:
 
     def replace(self, **sections: Any) -> EndoFedConfig:
         return dataclasses.replace(self, **sections)
+
+
+def _auto_finetune(dp_epsilon: Any) -> str:
+    """``finetune=auto``: freeze the pretrained body under per-site DP."""
+    try:
+        return "local" if float(dp_epsilon or 0) > 0 else "global"
+    except (TypeError, ValueError):
+        return "global"  # an invalid dp-epsilon is reported by PrivacyConfig.validate

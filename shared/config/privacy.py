@@ -37,7 +37,10 @@ class PrivacyConfig:
     # Opacus secure_mode (CSPRNG noise, needs torchcsprng); off: noise and sampling use
     # generators seeded from OS entropy, never from the run config's seed.
     secure_rng: bool = field(default=False, metadata={"key": "dp-secure-rng"})
-    # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = no cap.
+    # Expected (logical) Poisson batch under DP: large batches keep the noise per
+    # image small (De et al. 2022); 0 = batch-size.
+    logical_batch_size: int = field(default=64, metadata={"key": "dp-batch-size"})
+    # Physical batch cap under DP (Opacus BatchMemoryManager); 0 = batch-size.
     max_physical_batch_size: int = field(
         default=0, metadata={"key": "dp-max-physical-batch-size"}
     )
@@ -88,8 +91,13 @@ class PrivacyConfig:
                 "config key 'dp-min-study-budget': must be in [0, 1) (a share of "
                 f"dp-epsilon), got {self.min_study_budget}"
             )
+        if self.logical_batch_size < 0:
+            raise ConfigError(
+                "config key 'dp-batch-size': must be >= 0 (0 = batch-size), "
+                f"got {self.logical_batch_size}"
+            )
         if self.max_physical_batch_size < 0:
             raise ConfigError(
-                "config key 'dp-max-physical-batch-size': must be >= 0 (0 = no cap), "
+                "config key 'dp-max-physical-batch-size': must be >= 0 (0 = batch-size), "
                 f"got {self.max_physical_batch_size}"
             )

@@ -71,12 +71,16 @@ class ModelConfig:
     # "auto" (the preset's installed ImageNet weights if it has them), "pretrained"
     # (required), "none" (random) or a weights / checkpoint file.
     weights_path: str = "auto"
-    finetune: str = "global"
+    # "global" (everything trains), "local" (the backbone body is frozen), or "auto":
+    # local under per-site DP (train the new layers on pretrained features, De et al.
+    # 2022), global otherwise. See EndoFedConfig.finetune_mode.
+    finetune: str = "auto"
 
     def validate(self) -> None:
-        if self.finetune not in ("global", "local"):
+        if self.finetune not in ("auto", "global", "local"):
             raise ConfigError(
-                f"config key 'finetune': expected 'global' or 'local', got {self.finetune!r}"
+                "config key 'finetune': expected 'auto', 'global' or 'local', "
+                f"got {self.finetune!r}"
             )
 
 

@@ -30,6 +30,7 @@ def dp_run_config() -> dict[str, Any]:
         "preset": "tiny",
         "image-size": 64,
         "batch-size": 4,
+        "dp-batch-size": 0,  # the DP batch is batch-size (tiny test sites)
         "val-fraction": 0.0,
         "augment": False,
         "local-epochs": 1,

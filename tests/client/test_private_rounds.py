@@ -22,7 +22,7 @@ def dp_engine(rt) -> DPEngine:
         cfg = rt.cfg
         rt.dp_engine = build_dp_engine(
             model=rt.model, dataset=rt.train_set, train=cfg.train, privacy=cfg.privacy,
-            batch_size=cfg.data.batch_size, device=rt.device, site=rt.name,
+            batch_size=cfg.dp_batch_sizes[0], device=rt.device, site=rt.name,
         )
     return rt.dp_engine
 

@@ -9,8 +9,8 @@ from endofed.simulations.federated import run_simulation
 
 def test_epsilon_per_round_is_non_decreasing_and_within_target(tmp_path):
     cfg = {
-        "preset": "tiny", "image-size": 64, "batch-size": 4, "local-epochs": 1,
-        "synthetic-images-per-site": 10, "threads": 1, "num-server-rounds": 3,
+        "preset": "tiny", "image-size": 64, "batch-size": 4, "dp-batch-size": 0,
+        "local-epochs": 1, "synthetic-images-per-site": 10, "threads": 1, "num-server-rounds": 3,
         "dp-epsilon": 8.0, "dp-delta": 1e-4, "seed": 1,
         "min-train-nodes": 2, "min-evaluate-nodes": 2,
     }
