@@ -43,8 +43,8 @@ experiment: $(STAMP)
 	@if [ -d "$(DATA)/kvasir-seg" ] && [ -d "$(DATA)/normal-frames" ]; then \
 	  $(VENV)/bin/endofed simulate --data "$(DATA)/kvasir-seg,$(DATA)/normal-frames" \
 	    --sites 3 --partition iid --arms central,local,fedavg,fedprox,fedadam,fedmedian \
-	    --dp none,8,4,1 --rounds 10 --local-epochs 1 --preset cpu --image-size 128 \
-	    --batch-size 8 --seeds 0,1,2 -c proximal-mu=0.01 --out $(EXPERIMENT_OUT) $(EXPERIMENT_ARGS); \
+	    --dp none,8,4,1 --rounds 5 --local-epochs 2 --preset lite0 \
+	    --batch-size 16 --seeds 0,1,2 -c proximal-mu=0.01 --out $(EXPERIMENT_OUT) $(EXPERIMENT_ARGS); \
 	else \
 	  echo "make experiment: real data missing ($(DATA)/kvasir-seg and $(DATA)/normal-frames);" \
 	       "set DATA=/path/to/data or see docs/EXPERIMENTS.md for a synthetic run"; \

@@ -1,9 +1,11 @@
-"""Throughput/latency of the improved SSD presets vs torchvision's SSD300-VGG16.
+"""Throughput/latency of the improved SSD presets vs torchvision's SSD detectors.
 
 Prints one JSON object: per model, training images/s (forward + loss + backward +
-Adam step, batch ``--batch``) and inference ms/image (batch 1, ``no_grad``), the
-ratios to torchvision's ``ssd300_vgg16`` measured in the same run, and (if onnxruntime
-is present) ONNX vs eager latency for the ``cpu`` preset.
+Adam step, batch ``--batch``) and inference ms/image (batch 1, ``no_grad``), in both
+fine-tuning modes (``global``: everything trains; ``local``: the backbone body is
+frozen), with ratios to torchvision's ``ssdlite320_mobilenet_v3_large`` and
+``ssd300_vgg16`` (random weights) measured in the same run, and (if onnxruntime is
+present) ONNX vs eager latency for the first preset.
 
     python benchmarks/bench_model.py --threads 2
 """
@@ -50,11 +52,13 @@ def _timeit(fn: Callable[[], None], warmup: int, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
-def bench_ours(preset: str, batch: int, iters: int, device: torch.device) -> dict:
-    model = build_model(preset=preset, num_classes=2).to(device)
+def bench_ours(
+    preset: str, batch: int, iters: int, device: torch.device, finetune: str = "global"
+) -> dict:
+    model = build_model(preset=preset, num_classes=2, finetune=finetune).to(device)
     size = model.config.image_size
     data = _batch(batch, size, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step() -> None:
         loss = model.compute_loss(model(data.images), data).total.mean()
@@ -74,18 +78,27 @@ def bench_ours(preset: str, batch: int, iters: int, device: torch.device) -> dic
     lat = _timeit(infer, 2, max(3, iters * 2))
     return {
         "image_size": size,
+        "finetune": finetune,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "trainable_params_m": round(
+            sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 3),
         "train_images_per_s": round(batch / step, 2),
         "infer_ms_per_image": round(lat * 1e3, 2),
         "_model": model,
     }
 
 
-def bench_torchvision(batch: int, iters: int, device: torch.device) -> dict:
-    model = torchvision.models.detection.ssd300_vgg16(
-        weights=None, weights_backbone=None, num_classes=3
-    ).to(device)
-    data = _batch(batch, 300, device)
+TORCHVISION_PEERS = {
+    "torchvision_ssdlite320_mobilenet_v3_large": (
+        torchvision.models.detection.ssdlite320_mobilenet_v3_large, 320),
+    "torchvision_ssd300_vgg16": (torchvision.models.detection.ssd300_vgg16, 300),
+}
+
+
+def bench_torchvision(name: str, batch: int, iters: int, device: torch.device) -> dict:
+    builder, size = TORCHVISION_PEERS[name]
+    model = builder(weights=None, weights_backbone=None, num_classes=3).to(device)
+    data = _batch(batch, size, device)
     targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in data.targets()]
     images = list(data.images)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -107,7 +120,7 @@ def bench_torchvision(batch: int, iters: int, device: torch.device) -> dict:
 
     lat = _timeit(infer, 2, max(3, iters * 2))
     return {
-        "image_size": 300,
+        "image_size": size,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "train_images_per_s": round(batch / step, 2),
         "infer_ms_per_image": round(lat * 1e3, 2),
@@ -142,7 +155,9 @@ def bench_onnx(model: torch.nn.Module, iters: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="paper,cpu")
+    ap.add_argument("--presets", default="lite0,cpu")
+    ap.add_argument("--peers", default=",".join(TORCHVISION_PEERS),
+                    help="torchvision detectors measured in the same run")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -155,18 +170,23 @@ def main() -> None:
 
     report: dict = {"threads": args.threads, "batch": args.batch, "device": str(device),
                     "torch": torch.__version__, "models": {}}
-    ref = bench_torchvision(args.batch, args.iters, device)
-    report["models"]["torchvision_ssd300_vgg16"] = ref
-    for preset in [p for p in args.presets.split(",") if p]:
-        res = bench_ours(preset, args.batch, args.iters, device)
-        model = res.pop("_model")
-        res["train_speed_vs_torchvision"] = round(
-            res["train_images_per_s"] / ref["train_images_per_s"], 3)
-        res["infer_latency_vs_torchvision"] = round(
-            res["infer_ms_per_image"] / ref["infer_ms_per_image"], 3)
-        if preset == "cpu" and not args.no_onnx:
-            res["onnx"] = bench_onnx(model, args.iters)
-        report["models"][preset] = res
+    peers = [p for p in args.peers.split(",") if p]
+    for name in peers:
+        report["models"][name] = bench_torchvision(name, args.batch, args.iters, device)
+    for i, preset in enumerate(p for p in args.presets.split(",") if p):
+        for finetune in ("global", "local"):
+            res = bench_ours(preset, args.batch, args.iters, device, finetune)
+            model = res.pop("_model")
+            for name in peers:
+                ref = report["models"][name]
+                short = name.removeprefix("torchvision_")
+                res[f"train_speed_vs_{short}"] = round(
+                    res["train_images_per_s"] / ref["train_images_per_s"], 3)
+                res[f"infer_latency_vs_{short}"] = round(
+                    res["infer_ms_per_image"] / ref["infer_ms_per_image"], 3)
+            if i == 0 and finetune == "global" and not args.no_onnx:
+                res["onnx"] = bench_onnx(model, args.iters)
+            report["models"][f"{preset}_{finetune}"] = res
     print(json.dumps(report, indent=2))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from endofed.commands._common import add_config_flags, config_mapping
+from endofed.commands._common import add_config_flags, config_mapping, preset_image_size
 
 
 def _csv(value: str) -> list[str]:
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-site DP budgets for federated arms, e.g. none,8,4,1")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds R")
     p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round E")
-    p.add_argument("--preset", default="tiny", help="model preset (tiny, cpu, paper, ...)")
+    p.add_argument("--preset", default="lite0",
+                   help="model preset (lite0/lite1/lite2: ImageNet-pretrained; tiny, cpu, ...)")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated training seeds")
     p.add_argument("--out", type=Path, required=True, help="experiment directory")
     p.add_argument("--holdout-site", type=Path, default=None,
@@ -55,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run each federated arm with site preprocessing ('X+prep')")
     p.add_argument("--images-per-site", type=int, default=24,
                    help="images per synthetic hospital (synthetic data only)")
-    p.add_argument("--image-size", type=int, default=128, help="model input size in pixels")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size in pixels (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch")
     p.add_argument("--limit-images", type=int, default=0,
                    help="use at most N images per data folder (0 = all), for quick runs")
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             holdout_site=args.holdout_site,
             device_shift=args.device_shift,
             images_per_site=args.images_per_site,
-            image_size=args.image_size,
+            image_size=args.image_size or preset_image_size(args.preset) or 128,
             batch_size=args.batch_size,
             limit_images=args.limit_images,
             split_seed=args.split_seed,
