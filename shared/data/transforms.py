@@ -57,6 +57,34 @@ class SanitizeBoxesKeepMask(v2.Transform):
         return {k: masks[k] if k in masks else out[k] for k in sample}
 
 
+class RandomCameraShift(v2.Transform):
+    """A different endoscope's colour response: per-channel gain (white balance) and gamma.
+
+    Applied to images only (boxes and masks are untouched). Gains are drawn in
+    ``1 +- gain`` per channel, the gamma in ``[1 / (1 + gamma), 1 + gamma]``; an
+    unseen centre's camera differs from the training ones in exactly these ways
+    (:mod:`endofed.simulations.device_shift` simulates them per virtual hospital).
+    """
+
+    def __init__(self, gain: float = 0.12, gamma: float = 0.25) -> None:
+        super().__init__()
+        self.gain = float(gain)
+        self.gamma = float(gamma)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        gains = 1.0 + (torch.rand(3) * 2.0 - 1.0) * self.gain
+        log_g = (torch.rand(()) * 2.0 - 1.0) * float(np.log1p(self.gamma))
+        return {"gains": gains, "gamma": float(torch.exp(log_g))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        x = inpt.as_subclass(torch.Tensor).float() / 255.0
+        x = (x * params["gains"].view(3, 1, 1)).clamp(0, 1) ** params["gamma"]
+        out = (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return tv_tensors.wrap(out, like=inpt)
+
+
 def build_transforms(
     image_size: int,
     *,
@@ -74,6 +102,10 @@ def build_transforms(
     saturation: float = 0.15,
     hue: float = 0.02,
     jitter_p: float = 0.8,
+    camera_gain: float = 0.12,
+    camera_gamma: float = 0.25,
+    camera_p: float = 0.5,
+    blur_p: float = 0.15,
     min_box_size: float = 2.0,
     normalize: bool = True,
 ) -> v2.Compose:
@@ -82,7 +114,9 @@ def build_transforms(
     Training, in this order: zoom in (random crop keeping ``zoom_in..1`` of the area,
     resized to ``image_size``), horizontal/vertical flips, rotation by up to
     ``rotation`` degrees, zoom out (canvas up to ``zoom_out`` times larger) and
-    lighting/colour jitter, each with its probability (``*_p``; 0 disables a step).
+    lighting/colour jitter, another camera's colour response
+    (:class:`RandomCameraShift`) and a slight blur, each with its probability (``*_p``;
+    0 disables a step).
     Both modes resize to ``image_size`` (square), drop boxes smaller than
     ``min_box_size`` px (with their labels/morphology) and normalise (ImageNet
     mean/std) unless ``normalize=False``. Rotated boxes are the enclosing boxes of
@@ -129,6 +163,11 @@ def build_transforms(
                     p=jitter_p,
                 )
             )
+        if camera_p > 0:
+            steps.append(v2.RandomApply([RandomCameraShift(camera_gain, camera_gamma)],
+                                        p=camera_p))
+        if blur_p > 0:  # optics / motion softness of another scope
+            steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.5))], p=blur_p))
     steps += [
         v2.Resize(size, antialias=True),
         v2.ClampBoundingBoxes(),

@@ -136,3 +136,31 @@ def test_empty_targets_pass_through(train):
                          np.zeros((0, 4)), np.zeros(0)))
     assert out["boxes"].shape == (0, 4) and out["labels"].shape == (0,)
     assert out["image"].shape == (3, S, S)
+
+
+def test_camera_shift_changes_colour_only() -> None:
+    """Per-channel gain and gamma on the image; boxes and mask are untouched."""
+    import numpy as np
+    import torch
+    from torchvision import tv_tensors
+
+    from endofed.shared.data.transforms import RandomCameraShift, to_tv_sample
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[5:20, 10:30] = True
+    sample = to_tv_sample(image, mask, np.array([[10, 5, 30, 20]]), np.array([1]))
+    torch.manual_seed(3)
+    t = RandomCameraShift(gain=0.2, gamma=0.3)
+    params = t.make_params([sample["image"]])
+    torch.manual_seed(3)
+    out = t(sample)
+    g, gamma = params["gains"].numpy(), params["gamma"]
+    want = np.clip(image / 255.0 * g, 0, 1) ** gamma * 255.0  # independent numpy reference
+    got = out["image"].permute(1, 2, 0).numpy().astype(float)
+    assert np.abs(got - np.round(want)).max() <= 1.0
+    assert not np.array_equal(got, image)
+    assert isinstance(out["image"], tv_tensors.Image)
+    assert torch.equal(out["boxes"], sample["boxes"]) and torch.equal(out["mask"], sample["mask"])
+    assert (np.abs(g - 1) <= 0.2).all() and 1 / 1.3 <= gamma <= 1.3
