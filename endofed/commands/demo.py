@@ -12,11 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate 3 synthetic hospitals for a few rounds")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs directory")
     p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--preset", default="lite0",
                    help="model preset (lite0: ImageNet-pretrained EfficientNet-Lite0)")
     p.add_argument("--image-size", type=int, default=128, help="model input size in pixels")
-    p.add_argument("--images-per-site", type=int, default=32)
+    p.add_argument("--images-per-site", type=int, default=40)
+    p.add_argument("--lr", type=float, default=0.003, help="learning rate of the new layers")
     p.set_defaults(func=run)
 
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         "image-size": args.image_size,
         "batch-size": 8,
         "local-epochs": 2,
-        "learning-rate": 0.002,
+        "learning-rate": args.lr,
         "warmup-steps": 10,
         "synthetic-images-per-site": args.images_per_site,
         "threads": 1,
