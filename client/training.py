@@ -22,7 +22,7 @@ from endofed.privacy.dp import StudyPlan, make_private
 from endofed.privacy.ledger import PrivacyLedger, ledger_path
 from endofed.privacy.reply_policy import private_reply_metrics
 from endofed.shared import protocol
-from endofed.shared.engine import Trainer, evaluate
+from endofed.shared.engine import Trainer, build_scheduler, evaluate, study_schedule_span
 from endofed.shared.metrics import MetricAccumulator
 from endofed.shared.model import load_trainable_state, trainable_state
 
@@ -45,6 +45,18 @@ def site_ledger(rt: SiteRuntime) -> PrivacyLedger:
     return rt.ledger
 
 
+def _study_scheduler(
+    rt: SiteRuntime, trainer: Trainer, loader: Any, round_config: Mapping[str, Any]
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of this round as a slice of the study's schedule."""
+    cfg = rt.cfg
+    rounds = int(round_config.get(protocol.NUM_SERVER_ROUNDS, cfg.federation.num_server_rounds))
+    server_round = int(round_config.get(protocol.SERVER_ROUND, 1))
+    per_round = cfg.train.epochs * max(1, trainer.steps_per_epoch(loader))
+    start, total = study_schedule_span(server_round, rounds, per_round)
+    return build_scheduler(trainer.optimizer, trainer.config, total, start_step=start)
+
+
 def _plain_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str, float]:
     """Non-private local training (FedProx when the server sends a mu)."""
     train_cfg = rt.cfg.train
@@ -52,9 +64,11 @@ def _plain_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str, 
     if mu > 0:
         train_cfg = dataclasses.replace(train_cfg, proximal_mu=mu)
     trainer = Trainer(rt.model, train_cfg, device=rt.device, progress=False)
+    loader = rt.train_loader()
+    trainer.scheduler = _study_scheduler(rt, trainer, loader, round_config)
     if mu > 0:
         trainer.set_proximal_reference()
-    result = trainer.fit(rt.train_loader(), epochs=train_cfg.epochs, desc=f"{rt.name} train")
+    result = trainer.fit(loader, epochs=train_cfg.epochs, desc=f"{rt.name} train")
     return {protocol.NUM_EXAMPLES: float(len(rt.train_set)), **result.metrics()}
 
 
@@ -78,6 +92,7 @@ def _private_round(rt: SiteRuntime, round_config: Mapping[str, Any]) -> dict[str
         private.module, private.train_config, device=rt.device,
         optimizer=private.optimizer, on_empty_batch=private.on_empty_batch, progress=False,
     )
+    trainer.scheduler = _study_scheduler(rt, trainer, private.loader, round_config)
     result = trainer.fit(private.loader, epochs=cfg.train.epochs, desc=f"{rt.name} train")
     metrics = {protocol.NUM_EXAMPLES: float(len(rt.train_set)), **result.metrics(),
                **private.finish()}

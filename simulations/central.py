@@ -101,7 +101,7 @@ def train_central(
     total = cfg.train.epochs
     # The schedule spans all epochs although fit() is called one epoch at a time.
     trainer.scheduler = build_scheduler(
-        trainer.optimizer, cfg.train, total * max(1, trainer._steps_per_epoch(train_loader))
+        trainer.optimizer, cfg.train, total * max(1, trainer.steps_per_epoch(train_loader))
     )
     kwargs = {"class_names": list(cfg.data.class_names),
               "morphology_names": list(cfg.data.morphology_names)}

@@ -2,7 +2,7 @@
 
 from endofed.shared.engine.device import configure_threads, resolve_device
 from endofed.shared.engine.evaluator import evaluate
-from endofed.shared.engine.optim import build_optimizer, build_scheduler
+from endofed.shared.engine.optim import build_optimizer, build_scheduler, study_schedule_span
 from endofed.shared.engine.trainer import EpochStats, Trainer, TrainResult
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Trainer",
     "build_optimizer",
     "build_scheduler",
+    "study_schedule_span",
     "configure_threads",
     "evaluate",
     "resolve_device",

@@ -63,6 +63,12 @@ def build_optimizer(
     return builder(param_groups(model_or_params, config), config)
 
 
+def effective_warmup(warmup: int, total: int) -> int:
+    """``warmup-steps``, but at most a tenth of the schedule: a short schedule (a small
+    DP site's round has a dozen steps) must not spend itself warming up."""
+    return min(int(warmup), max(0, int(total) // 10))
+
+
 def _cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / max(1, warmup)
@@ -81,9 +87,16 @@ SCHEDULES: dict[str, Callable[[int, int, int], float]] = {
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
+    *, start_step: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR multiplier from ``config.lr_schedule`` with linear warm-up."""
+    """Per-step LR multiplier from ``config.lr_schedule`` with linear warm-up
+    (:func:`effective_warmup` steps).
+
+    ``start_step`` places this run of steps inside a longer schedule of
+    ``total_steps``: a federated round continues the study's warm-up and decay where
+    the previous round left them (:func:`study_schedule_span`).
+    """
     try:
         fn = SCHEDULES[config.lr_schedule]
     except KeyError:
@@ -91,7 +104,22 @@ def build_scheduler(
             f"config key 'lr-schedule': unknown {config.lr_schedule!r}; "
             f"choose one of {sorted(SCHEDULES)}"
         ) from None
-    warmup = config.warmup_steps
+    warmup = effective_warmup(config.warmup_steps, max(1, total_steps))
+    start = max(0, int(start_step))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: fn(s, max(1, total_steps), warmup)
+        optimizer, lambda s: fn(s + start, max(1, total_steps), warmup)
     )
+
+
+def study_schedule_span(
+    server_round: int, num_rounds: int, steps_per_round: int
+) -> tuple[int, int]:
+    """``(start_step, total_steps)`` of round ``server_round`` (1-based) of a study.
+
+    One warm-up and one decay over all rounds, not one per round: with a short round
+    (a small hospital has few steps) a per-round warm-up would never reach the full
+    rate, and a per-round cosine would restart the decay every round.
+    """
+    r = min(max(1, int(server_round)), max(1, int(num_rounds)))
+    per = max(1, int(steps_per_round))
+    return (r - 1) * per, max(1, int(num_rounds)) * per

@@ -160,7 +160,7 @@ class Trainer:
         model, optimiser, schedule and epoch counter, and training continues after it.
         """
         epochs = epochs or self.config.epochs
-        steps_per_epoch = self._steps_per_epoch(loader)
+        steps_per_epoch = self.steps_per_epoch(loader)
         if self.scheduler is None:
             self.scheduler = build_scheduler(
                 self.optimizer, self.config, epochs * max(1, steps_per_epoch)
@@ -185,7 +185,8 @@ class Trainer:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _steps_per_epoch(self, loader: Iterable[Batch]) -> int:
+    def steps_per_epoch(self, loader: Iterable[Batch]) -> int:
+        """Steps one epoch over ``loader`` takes (``max-steps`` applied; 0 if unknown)."""
         try:
             n = len(loader)  # type: ignore[arg-type]
         except TypeError:
