@@ -32,7 +32,6 @@ VARIANTS = ("lite0", "lite1", "lite2")
 #: Body stages whose outputs are source maps 0, 1, 2 (strides 8, 16, 32).
 TAP_STAGES = (2, 4, 6)
 
-_TV_SUFFIX = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
 def _timm_name(variant: str) -> str:
@@ -70,25 +69,24 @@ def imagenet_weights_file(variant: str) -> Path:
     return path
 
 
-def _source_kind(key: str) -> str:
-    """Role of an ``efficientnet_pytorch`` key: ``conv``, ``bn`` or ``fc`` + suffix."""
+def _kind(key: str, bn_leaf: str, fc_leaf: str) -> str:
+    """Role of a state-dict key (``conv``, ``bn`` or ``fc`` + suffix) in a key layout
+    whose BatchNorm modules match ``bn_leaf`` and whose classifier is ``fc_leaf``."""
     module, _, suffix = key.rpartition(".")
     leaf = module.rsplit(".", 1)[-1]
-    if re.fullmatch(r"_bn\d", leaf):
+    if re.fullmatch(bn_leaf, leaf):
         return f"bn.{suffix}"
-    if leaf == "_fc":
+    if leaf == fc_leaf:
         return f"fc.{suffix}"
     return f"conv.{suffix}"
 
 
-def _target_kind(key: str) -> str:
-    module, _, suffix = key.rpartition(".")
-    leaf = module.rsplit(".", 1)[-1]
-    if re.fullmatch(r"bn\d", leaf):
-        return f"bn.{suffix}"
-    if leaf == "classifier":
-        return f"fc.{suffix}"
-    return f"conv.{suffix}"
+def _source_kind(key: str) -> str:  # efficientnet_pytorch layout
+    return _kind(key, r"_bn\d", "_fc")
+
+
+def _target_kind(key: str) -> str:  # timm layout
+    return _kind(key, r"bn\d", "classifier")
 
 
 def imagenet_key_map(source: list[str], target: list[str]) -> dict[str, str]:
