@@ -33,7 +33,6 @@ VARIANTS = ("lite0", "lite1", "lite2")
 TAP_STAGES = (2, 4, 6)
 
 
-
 def _timm_name(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"EfficientNet variant must be one of {VARIANTS}, got {variant!r}")
