@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from endofed.shared.data.inputs import collect_images
+from endofed.shared.data.layouts import ImageReadError, read_image
 from endofed.shared.data.transforms import build_transforms, to_tv_sample
 from endofed.shared.metrics.operating_point import (
     OperatingPoint,
@@ -27,8 +29,6 @@ from endofed.shared.model import ImprovedSSD, load_model_checkpoint, read_checkp
 from endofed.shared.model.export import OUTPUT_NAMES, export_onnx
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -64,20 +64,6 @@ class Prediction:
             "lesion_area_fraction": float((self.mask_prob > 0.5).mean()),
             "latency_ms": round(self.latency_ms, 2),
         }
-
-
-def list_images(inputs: Iterable[Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files."""
-    out: list[Path] = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such image or folder")
-    return out
 
 
 class Predictor:
@@ -179,21 +165,29 @@ def render_overlay(image: np.ndarray, pred: Prediction) -> np.ndarray:
 def predict_to_dir(
     predictor: Predictor, inputs: Sequence[Path], out_dir: Path, *, overlays: bool = True
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """One JSON (and overlay PNG) per image; unreadable files are reported, not fatal."""
+    """One JSON (and overlay PNG) per image; unreadable files are reported, not fatal.
+
+    Inputs are listed and named by :func:`~shared.data.inputs.collect_images` (output
+    names mirror the path inside a given folder and never collide) and read with the
+    site scan's ``read_image`` (regular files only, pixel cap before decoding).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, problems = [], []
-    for path in list_images(inputs):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None or bgr.size == 0:
-            problems.append((str(path), "unreadable or empty image"))
-            log.warning("%s: unreadable or empty image, skipped", path)
+    images, problems = collect_images(inputs, exclude=out_dir)
+    results = []
+    for item in images:
+        try:
+            rgb = read_image(item.path)
+        except ImageReadError as exc:
+            problems.append((str(item.path), str(exc)))
+            log.warning("%s: %s, skipped", item.path, exc)
             continue
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        pred = predictor.predict(rgb, source=str(path))
+        pred = predictor.predict(rgb, source=str(item.path))
         record = pred.to_json()
-        (out_dir / f"{path.stem}.json").write_text(json.dumps(record, indent=1))
+        target = out_dir / f"{item.name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record, indent=1))
         if overlays:
-            cv2.imwrite(str(out_dir / f"{path.stem}_overlay.png"),
+            cv2.imwrite(str(out_dir / f"{item.name}_overlay.png"),
                         cv2.cvtColor(render_overlay(rgb, pred), cv2.COLOR_RGB2BGR))
         results.append(record)
     return results, problems

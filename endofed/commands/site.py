@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="scan and validate a site folder",
         description="Scan a site folder (Kvasir-SEG style, COCO JSON or manifest.csv), "
-        "validate every image, mask and box, and summarise what is usable. Exits "
-        "non-zero only when nothing is usable.",
+        "validate every image, mask and box, and summarise what is usable. Paths stay "
+        "inside DIR unless DIR/endofed-site.toml lists allowed-roots. Exits non-zero "
+        "only when nothing is usable.",
     )
     check.add_argument("dir", metavar="DIR", help="the site's data folder")
     check.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -68,6 +69,7 @@ def _print_tables(s: dict[str, Any]) -> None:
         ("images found", s["images"]),
         ("usable", s["usable"]),
         ("problems", len(s["problems"])),
+        ("too large (header over the pixel cap)", s["oversized"]),
         ("boxes", s["boxes"]),
         ("images without lesions", s["images_without_lesions"]),
         ("images with masks", s["images_with_masks"]),

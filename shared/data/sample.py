@@ -98,6 +98,8 @@ class DataReport:
     layout: str
     images_found: int = 0
     problems: list[DataProblem] = field(default_factory=list)
+    #: images (or masks) skipped because their header claims more pixels than the cap
+    oversized: int = 0
 
     def add_problem(self, path: str | Path, reason: str) -> None:
         self.problems.append(DataProblem(str(path), reason))

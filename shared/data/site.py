@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from .layouts import LAYOUTS, SiteDataError, decode_segmentation, read_image, read_mask
-from .layouts._base import MANIFEST_NAME, list_images, load_json
+from .layouts._base import (
+    MANIFEST_NAME,
+    SitePaths,
+    list_images,
+    load_json,
+    manifest_header,
+    missing_image_column,
+)
 from .layouts.coco import is_coco
 from .layouts.manifest import BOX_COLUMNS
 from .sample import NORMAL_CLASS_NAME, Sample, SampleRecord, SiteIndex, image_label
@@ -27,21 +34,13 @@ EXPECTED_LAYOUTS = (
 __all__ = ["SiteDataError", "detect_layout", "load_sample", "scan_site", "summarize"]
 
 
-def _manifest_columns(path: Path) -> set[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            header = fh.readline()
-    except (OSError, UnicodeDecodeError):
-        return set()
-    return {c.strip().strip('"').lower() for c in header.split(",")}
-
-
 def detect_layout(root: Path) -> str:
     """Guess the layout of ``root``: ``"coco"``, ``"manifest"`` or ``"kvasir"``.
 
     Order: a COCO JSON wins; a ``manifest.csv`` with box columns (or without an
     ``images/`` folder) means ``manifest``; an ``images/`` folder means ``kvasir``.
-    Raises :class:`SiteDataError` naming the expected layouts otherwise.
+    Raises :class:`SiteDataError` naming the expected layouts otherwise, or naming the
+    manifest when it is the only candidate but lacks its ``image`` column.
     """
     root = Path(root)
     if not root.is_dir():
@@ -52,16 +51,17 @@ def detect_layout(root: Path) -> str:
         return "coco"
     manifest = root / MANIFEST_NAME
     has_images = bool(list_images(root / "images"))
-    if manifest.is_file():
-        cols = _manifest_columns(manifest)
-        if "image" in cols and (set(BOX_COLUMNS) <= cols or not has_images):
-            return "manifest"
+    cols: list[str] = manifest_header(manifest) if manifest.is_file() else []
+    if "image" in cols and (set(BOX_COLUMNS) <= set(cols) or not has_images):
+        return "manifest"
     if has_images:
         if any(d is None for d in parsed.values()) and not (root / "masks").is_dir():
             return "coco"  # most likely a broken COCO export: let its scanner say why
         return "kvasir"
     if any(d is None for d in parsed.values()):
         return "coco"
+    if cols:
+        raise SiteDataError(f"{manifest}: {missing_image_column(cols)}")
     raise SiteDataError(f"{root}: no usable site layout found; {EXPECTED_LAYOUTS}")
 
 
@@ -82,11 +82,16 @@ def scan_site(
         class_names: fixed class order shared by the federation (labels ``1..K``);
             by default the sorted class names found in the data.
 
+    Paths stay inside the site folder unless its ``endofed-site.toml`` lists
+    ``allowed-roots`` (:class:`~shared.data.layouts._base.SitePaths`).
+
     Raises:
-        SiteDataError: unknown layout, or no usable image (the message lists the
-            expected layouts and the first problems).
+        SiteDataError: unknown layout, a bad ``endofed-site.toml``, or no usable image
+            (the message lists the expected layouts and the first problems).
     """
     root = Path(root)
+    if root.is_dir():
+        SitePaths.for_site(root)  # a bad settings file is its own error, not a layout's
     if layout == "auto":
         layout = detect_layout(root)
         log.info("%s: detected layout %r", root, layout)
@@ -155,6 +160,7 @@ def summarize(index: SiteIndex) -> dict[str, Any]:
         },
         "images_without_lesions": img_counts.get(0, 0),
         "images_with_masks": sum(1 for r in recs if r.mask_path or r.segmentation),
+        "oversized": index.report.oversized,
         "sizes": {"height": _stats([r.height for r in recs]),
                   "width": _stats([r.width for r in recs])},
         "morphology": dict(sorted(morph.items())),

@@ -1,19 +1,24 @@
 """COCO detection JSON sites (what annotation tools such as CVAT or Label Studio export).
 
 Any ``*.json`` directly in the root with ``images``, ``annotations`` and ``categories``
-keys is read. ``file_name`` is resolved relative to the JSON's folder, then to its
-``images/`` subfolder. Per annotation: ``bbox`` ``[x, y, w, h]`` (converted to XYXY;
+keys is read (each must be a list). ``file_name`` is resolved relative to the JSON's
+folder, then to its ``images/`` subfolder (then by its base name there, for exports
+holding the annotator's absolute paths); a candidate outside the site folder (``../``,
+an absolute path) is never opened, unless ``endofed-site.toml`` names its folder in
+``allowed-roots``. Per annotation: ``bbox`` ``[x, y, w, h]`` (converted to XYXY;
 derived from the segmentation when absent), ``category_id`` (category names become
 the classes) and ``segmentation`` as polygons or RLE (compressed or uncompressed),
 decoded with :mod:`pycocotools` into the lesion mask at load time. Optional extras:
 ``patient_id`` / ``lesion_id`` / ``split`` on an image, ``morphology`` (or
 ``attributes.morphology``) on an annotation. Images without annotations have no
-lesion. A ``manifest.csv`` beside the JSON may add metadata (keyed by image stem).
+lesion. A ``manifest.csv`` beside the JSON may add metadata (matched by the image's
+path, else by its stem when that is unique).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,12 +32,14 @@ from ..sample import DataReport, SiteIndex
 from ._base import (
     Candidate,
     SiteDataError,
+    SitePaths,
     build_index,
     clean_str,
+    group_by_stem,
     load_json,
     normalize_split,
 )
-from .kvasir import manifest_rows_by_stem
+from .kvasir import manifest_rows
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +106,28 @@ def _split_hint(json_path: Path) -> str | None:
     return None
 
 
-def _resolve_image(json_dir: Path, file_name: str) -> Path | None:
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", dict: "an object", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _resolve_image(json_dir: Path, file_name: str, paths: SitePaths) -> tuple[Path | None, bool]:
+    """The image a ``file_name`` names, and whether a candidate was outside the site.
+
+    Candidates outside ``paths`` are skipped without being touched."""
     rel = Path(file_name)
+    outside = False
     for cand in (
         rel if rel.is_absolute() else json_dir / rel,
         json_dir / "images" / rel,
         json_dir / "images" / rel.name,
     ):
-        if cand.is_file():
-            return cand
-    return None
+        if paths.outside(cand):
+            outside = True
+        elif cand.exists() and not cand.is_dir():  # a FIFO is reported when it is read
+            return cand, outside
+    return None, outside
 
 
 def _bbox_from_ann(ann: dict, seg_rle_fn) -> list[float]:
@@ -132,6 +151,7 @@ def scan_coco(
 ) -> SiteIndex:
     """Scan a folder holding COCO detection JSON (see module docstring)."""
     root = Path(root)
+    paths = SitePaths.for_site(root)
     report = DataReport(root=str(root), layout="coco")
     files = list(annotation_files) if annotation_files is not None else sorted(root.glob("*.json"))
     candidates: list[Candidate] = []
@@ -145,15 +165,20 @@ def scan_coco(
             log.debug("%s: not COCO (no images/annotations/categories), ignored", json_path)
             continue
         n_coco += 1
-        candidates += _scan_one(json_path, data, report, seen)
+        candidates += _scan_one(json_path, data, report, seen, paths)
     if n_coco == 0:
         raise SiteDataError(
             f"{root}: no COCO JSON found (a *.json with images/annotations/categories keys)"
             + (f"; problems: {'; '.join(map(str, report.problems))}" if report.problems else "")
         )
-    meta = manifest_rows_by_stem(root, report)
+    meta = manifest_rows(root, report, paths)
+    rows_by_stem = group_by_stem(meta)
+    cands_by_stem = group_by_stem(c.image_path for c in candidates)
     for c in candidates:
-        row = meta.get(c.image_path.stem)
+        row = meta.get(Path(os.path.realpath(c.image_path)))
+        stem = c.image_path.stem
+        if row is None and len(rows_by_stem.get(stem, [])) == 1 and len(cands_by_stem[stem]) == 1:
+            row = meta[rows_by_stem[stem][0]]
         if row:
             c.patient_id = c.patient_id or row.get("patient_id")
             c.lesion_id = c.lesion_id or row.get("lesion_id")
@@ -162,15 +187,21 @@ def scan_coco(
                 c.box_morphologies = [m or row["morphology"] for m in c.box_morphologies]
     return build_index(
         root, "coco", candidates, report, site=site, class_names=class_names,
-        mask_decoder=_candidate_mask_check,
+        mask_decoder=_candidate_mask_check, paths=paths,
     )
 
 
 def _scan_one(
-    json_path: Path, data: dict, report: DataReport, seen: set[Path]
+    json_path: Path, data: dict, report: DataReport, seen: set[Path], paths: SitePaths
 ) -> list[Candidate]:
     json_dir = json_path.parent
     hint = _split_hint(json_path)
+    for key in COCO_KEYS:
+        if not isinstance(data[key], list):
+            report.add_problem(json_path, f"malformed COCO JSON: '{key}' must be a list, not "
+                                          f"{_json_type(data[key])}")
+            log.warning("%s", report.problems[-1])
+            return []
     try:
         cats = {int(c["id"]): str(c["name"]) for c in data["categories"]}
     except (KeyError, TypeError, ValueError):
@@ -188,11 +219,14 @@ def _scan_one(
         if not isinstance(img, dict) or "file_name" not in img or "id" not in img:
             report.add_problem(json_path, f"image entry without id/file_name: {str(img)[:80]}")
             continue
-        path = _resolve_image(json_dir, str(img["file_name"]))
+        path, outside = _resolve_image(json_dir, str(img["file_name"]), paths)
         if path is None:
             report.images_found += 1
-            report.add_problem(json_dir / str(img["file_name"]),
-                               f"image file not found (listed in {json_path.name})")
+            if outside:
+                report.add_problem(json_path, paths.reason("file_name", img["file_name"]))
+            else:
+                report.add_problem(json_dir / str(img["file_name"]),
+                                   f"image file not found (listed in {json_path.name})")
             log.warning("skipped %s", report.problems[-1])
             continue
         if path.resolve() in seen:

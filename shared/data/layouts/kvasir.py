@@ -4,7 +4,8 @@ Folder::
 
     root/
       images/<stem>.{jpg,png,bmp,tif}     RGB frames
-      masks/<stem>.{jpg,png,bmp,tif}      optional binary masks, same size (> 127 = lesion)
+      masks/<stem>.{jpg,png,bmp,tif}      optional binary masks, same size (lesion = above
+                                          half the mask's own maximum: 0/1, 0/255, JPEG)
       *bboxes*.json                       optional, {stem: {height, width,
                                           bbox: [{label, xmin, ymin, xmax, ymax}]}}
       manifest.csv                        optional metadata: image, mask, label,
@@ -12,12 +13,16 @@ Folder::
 
 Boxes come from the JSON when it has an entry for the stem, else from the mask's
 connected components (labelled with the manifest ``label`` or ``"lesion"``).
-Images without mask and without JSON boxes have no lesion.
+Images without mask and without JSON boxes have no lesion. Masks and JSON entries are
+matched by stem, so two images sharing a stem (``x.jpg`` and ``x.png``) that a mask or
+JSON entry would match are both reported, not paired (a manifest ``mask`` column names
+each image's mask explicitly). Manifest rows are matched by the image's path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +32,16 @@ from ..sample import DataReport, SiteIndex
 from ._base import (
     MANIFEST_NAME,
     Candidate,
+    OutsideSiteError,
     SiteDataError,
+    SitePaths,
     build_index,
     clean_str,
-    index_by_stem,
+    group_by_stem,
     list_images,
     load_json,
     normalize_split,
     read_manifest,
-    resolve,
 )
 
 log = logging.getLogger(__name__)
@@ -82,12 +88,13 @@ def _load_bbox_json(root: Path, report: DataReport) -> dict[str, Any]:
     return entries
 
 
-def manifest_rows_by_stem(
-    root: Path, report: DataReport, existing: set[Path] | None = None
-) -> dict[str, dict[str, str | None]]:
-    """Per-image metadata from ``root/manifest.csv`` keyed by image stem (first row wins).
+def manifest_rows(
+    root: Path, report: DataReport, paths: SitePaths, existing: set[Path] | None = None
+) -> dict[Path, dict[str, str | None]]:
+    """Per-image metadata from ``root/manifest.csv`` keyed by the image's real path.
 
-    Rows whose image is not in ``existing`` (when given) are reported as problems.
+    The first row of an image wins. Rows whose image lies outside ``paths`` or, when
+    ``existing`` (real paths) is given, is not in it are reported as problems.
     """
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -95,18 +102,23 @@ def manifest_rows_by_stem(
     df = read_manifest(path, report)
     if df is None:
         return {}
-    out: dict[str, dict[str, str | None]] = {}
+    out: dict[Path, dict[str, str | None]] = {}
     for i, row in enumerate(df.to_dict("records")):
         image = clean_str(row.get("image"))
         if image is None:
             report.add_problem(f"{path}:{i + 2}", "manifest row without an image")
             continue
-        img_path = resolve(root, image)
-        if existing is not None and img_path.resolve() not in existing:
+        try:
+            img_path = Path(os.path.realpath(paths.locate(root, image, "image")))
+        except OutsideSiteError as exc:
+            report.add_problem(f"{path}:{i + 2}", str(exc))
+            log.warning("%s", report.problems[-1])
+            continue
+        if existing is not None and img_path not in existing:
             report.add_problem(f"{path}:{i + 2}", f"image file not found: {image}")
             log.warning("%s", report.problems[-1])
             continue
-        out.setdefault(img_path.stem, {k: clean_str(v) for k, v in row.items()})
+        out.setdefault(img_path, {k: clean_str(v) for k, v in row.items()})
     return out
 
 
@@ -118,18 +130,27 @@ def scan_kvasir(
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise SiteDataError(f"{root}: the Kvasir-SEG layout needs an images/ folder")
+    paths = SitePaths.for_site(root)
     report = DataReport(root=str(root), layout="kvasir")
-    images = list_images(images_dir)
-    masks = index_by_stem(list_images(root / "masks"))
+    images = list_images(images_dir, report)
+    report.images_found = len(report.problems)  # image-named entries that are not files
+    by_stem = group_by_stem(images)
+    masks = group_by_stem(list_images(root / "masks", report))
     bboxes = _load_bbox_json(root, report)
-    meta = manifest_rows_by_stem(root, report, existing={p.resolve() for p in images})
+    real = {img: Path(os.path.realpath(img)) for img in images}
+    meta = manifest_rows(root, report, paths, existing=set(real.values()))
+
+    def skip(img: Path, reason: str) -> None:
+        report.images_found += 1
+        report.add_problem(img, reason)
+        log.warning("skipped %s", report.problems[-1])
 
     candidates: list[Candidate] = []
     for img in images:
-        row = meta.get(img.stem, {})
+        row = meta.get(real[img], {})
+        twins = by_stem[img.stem]
         cand = Candidate(
             image_path=img,
-            mask_path=masks.get(img.stem),
             label=row.get("label"),
             morphology=row.get("morphology") or "",
             patient_id=row.get("patient_id"),
@@ -137,12 +158,31 @@ def scan_kvasir(
             split=normalize_split(row.get("split")),
         )
         if row.get("mask"):
-            cand.mask_path = resolve(root, row["mask"])
-            if not cand.mask_path.is_file():
-                report.images_found += 1
-                report.add_problem(img, f"mask file not found: {row['mask']}")
-                log.warning("skipped %s", report.problems[-1])
+            try:
+                cand.mask_path = paths.locate(root, row["mask"], "mask")
+            except OutsideSiteError as exc:
+                skip(img, f"{MANIFEST_NAME}: {exc}")
                 continue
+            if not cand.mask_path.exists():
+                skip(img, f"mask file not found: {row['mask']}")
+                continue
+        elif img.stem in masks:
+            found = masks[img.stem]
+            if len(found) > 1:
+                skip(img, f"ambiguous masks: {', '.join(m.name for m in found)} share the "
+                          f"stem {img.stem!r}; keep one, or name the mask in {MANIFEST_NAME}")
+                continue
+            if len(twins) > 1:
+                skip(img, f"ambiguous stem {img.stem!r}: masks/{found[0].name} would match "
+                          f"{', '.join('images/' + t.name for t in twins)}; rename one, or "
+                          f"name each image's mask in {MANIFEST_NAME}")
+                continue
+            cand.mask_path = found[0]
+        if img.stem in bboxes and len(twins) > 1:
+            skip(img, f"ambiguous stem {img.stem!r}: {bboxes[img.stem][0].name} entry "
+                      f"{img.stem!r} would match {', '.join('images/' + t.name for t in twins)}"
+                      "; rename one")
+            continue
         if img.stem in bboxes:
             json_path, entry = bboxes[img.stem]
             try:
@@ -152,9 +192,8 @@ def scan_kvasir(
                 if any(morphs):
                     cand.box_morphologies = [m or cand.morphology for m in morphs]
             except ValueError as exc:
-                report.images_found += 1
-                report.add_problem(img, f"{json_path.name}: {exc}")
-                log.warning("skipped %s", report.problems[-1])
+                skip(img, f"{json_path.name}: {exc}")
                 continue
         candidates.append(cand)
-    return build_index(root, "kvasir", candidates, report, site=site, class_names=class_names)
+    return build_index(root, "kvasir", candidates, report, site=site, class_names=class_names,
+                       paths=paths)

@@ -2,8 +2,11 @@
 
 Columns (header names are case-insensitive; only ``image`` is required)::
 
-    image        path of the image, relative to the manifest's folder (or absolute)
-    mask         optional binary mask (same size, > 127 = lesion)
+    image        path of the image, relative to the manifest's folder (or absolute);
+                 it must lie inside the site folder (or an ``allowed-roots`` folder of
+                 ``endofed-site.toml``), else the row is reported and the file not read
+    mask         optional binary mask (same size; lesion = above half the mask's own
+                 maximum, so 0/1, 0/255 and noisy JPEG masks work); same rule for paths
     label        class of the row's box, or of the mask's lesions; empty or "normal"
                  with no box and no mask means an image without lesion
     xmin, ymin, xmax, ymax
@@ -16,11 +19,14 @@ Columns (header names are case-insensitive; only ``image`` is required)::
 
 Image-level fields (mask, split, patient_id, lesion_id) come from the image's first
 row that fills them. When an image has no box row, boxes are derived from its mask.
+Rows naming the same file (``a.png`` and ``./a.png``) belong to one image. A UTF-8
+byte-order mark (as Excel writes) is ignored.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +35,13 @@ from ..sample import DataReport, SiteIndex
 from ._base import (
     MANIFEST_NAME,
     Candidate,
+    OutsideSiteError,
     SiteDataError,
+    SitePaths,
     build_index,
     clean_str,
     normalize_split,
     read_manifest,
-    resolve,
 )
 
 log = logging.getLogger(__name__)
@@ -62,37 +69,50 @@ def scan_manifest(
     path = Path(manifest) if manifest is not None else root / MANIFEST_NAME
     if not path.is_file():
         raise SiteDataError(f"{root}: no {path.name} found for the manifest layout")
+    paths = SitePaths.for_site(root)
     report = DataReport(root=str(root), layout="manifest")
     df = read_manifest(path, report)
     if df is None:
         raise SiteDataError(f"{path}: {report.problems[-1].reason}")
     base = path.parent
     has_boxes = all(c in df.columns for c in BOX_COLUMNS)
-    rows_by_image: dict[str, list[tuple[int, dict]]] = {}
+    # rows grouped by the file they name: (shown name, path, [(line, row), ...])
+    rows_by_image: dict[str, tuple[str, Path, list[tuple[int, dict]]]] = {}
     for i, row in enumerate(df.to_dict("records")):
         image = clean_str(row.get("image"))
         if image is None:
             report.add_problem(f"{path}:{i + 2}", "row without an image")
             continue
-        rows_by_image.setdefault(image, []).append((i + 2, row))
+        try:
+            img_path = paths.locate(base, image, "image")
+        except OutsideSiteError as exc:  # reported, never opened
+            report.images_found += 1
+            report.add_problem(f"{path.name}:{i + 2}", str(exc))
+            log.warning("skipped %s", report.problems[-1])
+            continue
+        key = os.path.realpath(img_path)
+        rows_by_image.setdefault(key, (image, img_path, []))[2].append((i + 2, row))
 
     candidates: list[Candidate] = []
-    for image, numbered in rows_by_image.items():
+    for image, img_path, numbered in rows_by_image.values():
         lines = ",".join(str(n) for n, _ in numbered)
         rows = [r for _, r in numbered]
-        img_path = resolve(base, image)
 
         def skip(reason: str, where: str | Path = f"{path.name}:{lines}") -> None:
             report.images_found += 1
             report.add_problem(where, reason)
             log.warning("skipped %s", report.problems[-1])
 
-        if not img_path.is_file():
+        if not img_path.exists():  # a FIFO or folder is reported when it is read
             skip(f"image file not found: {image}")
             continue
         mask = _first(rows, "mask")
-        mask_path = resolve(base, mask) if mask else None
-        if mask_path is not None and not mask_path.is_file():
+        try:
+            mask_path = paths.locate(base, mask, "mask") if mask else None
+        except OutsideSiteError as exc:
+            skip(str(exc))
+            continue
+        if mask_path is not None and not mask_path.exists():
             skip(f"mask file not found: {mask}")
             continue
         morphology = _first(rows, "morphology") or ""
@@ -123,7 +143,8 @@ def scan_manifest(
         if cand.label and cand.label.lower() == "normal":
             cand.label = None
         candidates.append(cand)
-    return build_index(root, "manifest", candidates, report, site=site, class_names=class_names)
+    return build_index(root, "manifest", candidates, report, site=site, class_names=class_names,
+                       paths=paths)
 
 
 def _boxes(rows: list[dict]) -> tuple[np.ndarray, list[str], list[str]]:
