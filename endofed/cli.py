@@ -2,6 +2,13 @@
 
 Every subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``func``. Modules are imported lazily so ``endofed --help`` stays fast.
+
+Errors: a mistake the user can fix (bad config, a missing or unreadable file, an unusable
+site folder, a refused privacy budget, Ctrl-C) is printed as one line
+``endofed COMMAND: message`` on stderr with exit code 2 (:data:`EXIT_USER_ERROR`); any
+other failure as one line naming the exception, with exit code 1. The traceback is
+shown only with ``--debug`` (before or after the command name); ``-v`` turns on debug
+logging.
 """
 
 from __future__ import annotations
@@ -10,9 +17,15 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from endofed.shared.config import ConfigError
+
+#: Exit code of a mistake the user can fix (argparse uses it for bad flags too).
+EXIT_USER_ERROR = 2
+#: Exit code of any other failure (a bug, a crashed federation).
+EXIT_FAILURE = 1
 
 # name -> module that defines ``register(subparsers)``
 COMMANDS: dict[str, str] = {
@@ -31,13 +44,46 @@ COMMANDS: dict[str, str] = {
     "overlay": "endofed.commands.overlay",
 }
 
+#: Exceptions (besides :class:`ConfigError`, ``OSError`` and ``KeyboardInterrupt``) that
+#: mean "the user can fix this", by qualified name: matching by name keeps torch and the
+#: data stack out of ``endofed --help``. ``tests/config/test_cli_errors.py`` checks that
+#: every name still resolves. A new user-facing error: subclass ConfigError, or add it.
+USER_ERRORS: frozenset[str] = frozenset({
+    "endofed.shared.data.layouts._base.SiteDataError",
+    "endofed.shared.data.layouts._base.ImageReadError",
+    "endofed.shared.data.partition.PartitionError",
+    "endofed.shared.data.labels.ClassMismatchError",
+    "endofed.client.site.SiteConfigError",
+    "endofed.privacy.accounting.PrivacyBudgetError",
+    "endofed.privacy.ledger.LedgerError",
+    "endofed.simulations.experiment_spec.ExperimentError",
+})
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``-v`` and ``--debug``; on subcommands they only override when given."""
+    extra = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging", **extra)
+    parser.add_argument("--debug", action="store_true",
+                        help="debug logging and the full traceback of an error", **extra)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (commands and their actions, e.g. ``site check``)."""
+    out = []
+    for action in parser._actions:  # argparse keeps subparsers only there
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases: once
+                out += [child, *_subparsers(child)]
+    return out
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="endofed",
         description="Federated lesion detection for endoscopic images.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():
         try:
@@ -47,28 +93,58 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    for child in _subparsers(parser):
+        _add_global_flags(child, top=False)
     return parser
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a mistake the user can fix (exit code 2, no traceback)."""
+    if isinstance(exc, ConfigError | OSError | KeyboardInterrupt):
+        return True
+    return any(f"{c.__module__}.{c.__qualname__}" in USER_ERRORS for c in type(exc).__mro__)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """``(exit code, one line)`` for an error that reached the command line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_USER_ERROR, "interrupted"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        return EXIT_USER_ERROR, f"{exc.filename}: {what}"
+    text = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
+    if is_user_error(exc):
+        return EXIT_USER_ERROR, text
+    return EXIT_FAILURE, f"{type(exc).__name__}: {text} (--debug shows the traceback)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USER_ERROR
+    prefix = f"endofed {args.command}"
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        if args.verbose:
-            raise
-        # A setting the user can fix: one line naming the key, no traceback.
-        print(f"endofed {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # a command's own one-line refusal
+            message = exc.code
+            print(message if message.startswith("endofed") else f"{prefix}: {message}",
+                  file=sys.stderr)
+            exc.code = EXIT_USER_ERROR  # str(exc) keeps the message
+        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        code, line = describe_error(exc)
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prefix}: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Flags shared by commands, turned into the one :class:`EndoFedConfig`."""
+"""Flags shared by commands, turned into the one :class:`EndoFedConfig`.
+
+Every key given on the command line (a config flag or ``-c KEY=VALUE``) must be known
+(else the error names the closest key) and honoured by the command
+(:data:`~endofed.shared.config.scope.COMMAND_SCOPES`); values are then checked by
+:meth:`EndoFedConfig.from_mapping`, the same path as the Flower run and node config.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from endofed.shared.config import EndoFedConfig
+from endofed.shared.config import ConfigError, EndoFedConfig
+from endofed.shared.config.keys import closest_key
+from endofed.shared.config.scope import command_scope
 
 # flag -> config key (kebab case, as in the Flower run config)
 CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -44,32 +52,51 @@ def add_config_flags(parser: argparse.ArgumentParser, *, only: list[str] | None 
     )
 
 
-def config_mapping(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict:
-    """The flat kebab-case mapping given on the command line (over ``defaults``)."""
-    values: dict[str, Any] = dict(defaults or {})
+def config_mapping(
+    args: argparse.Namespace,
+    defaults: dict[str, Any] | None = None,
+    *,
+    command: str | None = None,
+) -> dict:
+    """The flat kebab-case mapping given on the command line (over ``defaults``).
+
+    Raises :class:`ConfigError` for a malformed ``-c``, an unknown key, a key that
+    ``command`` (default: the subcommand ``args.command``) does not honour, or a value
+    of the wrong type or range.
+    """
+    given: dict[str, Any] = {}
     for name, value in vars(args).items():
         if name.startswith("cfg_") and name != "cfg_overrides" and value is not None:
-            values[name[4:]] = value
+            given[name[4:]] = value
     for item in getattr(args, "cfg_overrides", []) or []:
-        if "=" not in item:
-            raise SystemExit(f"-c expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        values[key.strip()] = value.strip().strip('"')
-    if "preset" in values and "image-size" not in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-c expects KEY=VALUE (e.g. -c dp-epsilon=8), got {item!r}")
+        given[key.strip()] = value.strip().strip('"')
+    EndoFedConfig.check_keys(given)
+    command_scope(command or args.command).check(given)
+    values: dict[str, Any] = {**(defaults or {}), **given}
+    if "preset" in values:  # an unknown preset fails here, before any data is read
         size = preset_image_size(str(values["preset"]))
-        if size is not None:
+        if size is not None and "image-size" not in values:
             values["image-size"] = size
+    EndoFedConfig.from_mapping(values)  # every value checked before the command starts
     return values
 
 
 def preset_image_size(preset: str) -> int | None:
-    """The input size a preset names (``None`` if unknown: the build reports it)."""
-    from endofed.shared.model.presets import get_preset
+    """The input size a preset names; :class:`ConfigError` for an unknown preset."""
+    from endofed.shared.model.presets import PRESETS, get_preset
 
     try:
         return get_preset(preset).image_size
     except ValueError:
-        return None
+        guess = closest_key(preset, PRESETS)
+        hint = f"did you mean '{guess}'? " if guess else ""
+        raise ConfigError(
+            f"config key 'preset': unknown {preset!r} ({hint}choose one of "
+            f"{', '.join(sorted(PRESETS))})", key="preset",
+        ) from None
 
 
 def config_from_args(

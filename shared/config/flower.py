@@ -3,19 +3,28 @@
 The run config (the coordinator's) is read first and the node config (the site's)
 overrides it; at a deployed site the trust policy
 (:func:`~endofed.shared.config.trust.site_owned_run_config`) first drops the run-config
-keys the site owns. Each section takes the keys it declares and ignores the others.
+keys the site owns. Each section takes the keys it declares; a key no section declares
+is an error naming it and the closest known key, and so is a key the place it was
+given cannot honour (:mod:`endofed.shared.config.scope`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from endofed.shared.config.coercion import section_from_mapping, section_to_mapping
+from endofed.shared.config.coercion import (
+    ConfigError,
+    section_from_mapping,
+    section_keys,
+    section_to_mapping,
+)
+from endofed.shared.config.keys import check_known_keys
 from endofed.shared.config.privacy import PrivacyConfig
+from endofed.shared.config.scope import check_node_keys, check_run_keys
 from endofed.shared.config.sections import (
     DataConfig,
     FederationConfig,
@@ -43,13 +52,36 @@ class EndoFedConfig:
     preprocess: PreprocessConfigRef = field(default_factory=PreprocessConfigRef)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> EndoFedConfig:
-        """Build every section from one flat kebab-case mapping."""
+    def known_keys(cls) -> frozenset[str]:
+        """Every key a section declares (the Flower run + node config vocabulary)."""
         sections = typing.get_type_hints(cls)
-        kwargs = {
-            f.name: section_from_mapping(sections[f.name], values)
-            for f in dataclasses.fields(cls)
-        }
+        return frozenset(k for f in dataclasses.fields(cls) for k in section_keys(sections[f.name]))
+
+    @classmethod
+    def check_keys(cls, keys: Iterable[str], *, source: str | None = None) -> None:
+        """Raise :class:`ConfigError` for a key no section declares (closest key named)."""
+        check_known_keys(list(keys), cls.known_keys(), source=source)
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, source: str | None = None
+    ) -> EndoFedConfig:
+        """Build every section from one flat kebab-case mapping.
+
+        Every key must be known, every value of its field's type and range; errors are
+        :class:`ConfigError` naming the key, prefixed with ``source`` (e.g. a file).
+        """
+        cls.check_keys(values, source=source)
+        sections = typing.get_type_hints(cls)
+        try:
+            kwargs = {
+                f.name: section_from_mapping(sections[f.name], values)
+                for f in dataclasses.fields(cls)
+            }
+        except ConfigError as exc:
+            if source:
+                raise ConfigError(f"{source}: {exc}", key=exc.key) from None
+            raise
         return cls(**kwargs)
 
     @classmethod
@@ -63,6 +95,10 @@ class EndoFedConfig:
         :func:`site_owned_run_config`).
         """
         node = dict(node_config or {})
+        cls.check_keys(run_config, source="run config")
+        check_run_keys(run_config)
+        cls.check_keys(node, source="node config")
+        check_node_keys(node)
         merged = dict(run_config)
         if str(merged.get("finetune", "auto")) == "auto" and "finetune" not in node:
             # The server builds the global model from the run config alone, so "auto"
@@ -72,7 +108,11 @@ class EndoFedConfig:
         if node and "partition-id" not in node:
             merged = site_owned_run_config(merged, node)
         merged.update(node)
-        return cls.from_mapping(merged)
+        try:
+            return cls.from_mapping(merged)
+        except ConfigError as exc:
+            origin = "node config" if exc.key in node else "run config"
+            raise ConfigError(f"{origin}: {exc}", key=exc.key) from None
 
     @property
     def finetune_mode(self) -> str:

@@ -10,7 +10,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from endofed.shared.config.coercion import ConfigError
+from endofed.shared.config.choices import CENTRAL_DP_MODES, DP_ACCOUNTANTS, check_choice
+from endofed.shared.config.coercion import ConfigError, check_range
 
 
 def csprng_available() -> bool:
@@ -101,3 +102,13 @@ class PrivacyConfig:
                 "config key 'dp-max-physical-batch-size': must be >= 0 (0 = batch-size), "
                 f"got {self.max_physical_batch_size}"
             )
+        check_choice("dp-accountant", self.accountant, DP_ACCOUNTANTS)
+        check_range("secagg-num-shares", self.secagg_num_shares, gt=0,
+                    note="a share of the round's sites if <= 1, else a count")
+        check_range("secagg-reconstruction-threshold", self.secagg_reconstruction_threshold,
+                    gt=0, note="a share of the shares if <= 1, else a count")
+        check_range("secagg-clipping-range", self.secagg_clipping_range, gt=0)
+        check_range("secagg-max-weight", self.secagg_max_weight, gt=0)
+        check_choice("central-dp", self.central_dp.lower() or "none", CENTRAL_DP_MODES)
+        check_range("central-dp-noise", self.central_dp_noise, ge=0)
+        check_range("central-dp-clip", self.central_dp_clip, gt=0)

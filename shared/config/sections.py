@@ -9,11 +9,47 @@ lists the sections, once.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from endofed.shared.config.coercion import ConfigError
+from endofed.shared.config.choices import (
+    FINETUNE_MODES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    OVERLAY_DETECTORS,
+    PARTITION_SCHEMES,
+    STRATEGIES,
+    check_choice,
+)
+from endofed.shared.config.coercion import ConfigError, check_range
 from endofed.shared.config.threshold_rule import parse_threshold_rule
+
+#: What a run name may be: it names the folder ``<runs-dir>/<run-name>``, so exactly one
+#: path component that cannot climb out (``..``), hide (``.x``) or read as a flag (``-x``).
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_run_name(name: str, *, key: str = "run-name") -> str:
+    """``name`` if it is a safe single folder name, else :class:`ConfigError` saying why."""
+    if RUN_NAME_PATTERN.fullmatch(name) and name not in (".", ".."):
+        return name
+    raise ConfigError(
+        f"config key '{key}': {name!r} is not a safe folder name; use 1-128 letters, "
+        "digits, '_', '.' or '-', starting with a letter, digit or '_' "
+        "(no '/', '\\', '..', spaces or control characters)",
+        key=key,
+    )
+
+
+def check_label(key: str, value: str) -> None:
+    """A free-text name (a site's, a class's) must be printable and one line."""
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise ConfigError(
+            f"config key '{key}': {value!r} contains control characters", key=key
+        )
 
 
 @dataclass(frozen=True)
@@ -34,14 +70,19 @@ class DataConfig:
     morphology_names: tuple[str, ...] = ("protruding", "flat", "depressed", "sessile")
 
     def validate(self) -> None:
-        if self.image_size < 32:
-            raise ConfigError(f"config key 'image-size': must be >= 32, got {self.image_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"config key 'batch-size': must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(
-                f"config key 'val-fraction': must be in [0, 1), got {self.val_fraction}"
-            )
+        check_range("image-size", self.image_size, ge=32)
+        check_range("batch-size", self.batch_size, ge=1)
+        check_range("max-boxes", self.max_boxes, ge=1)
+        check_range("val-fraction", self.val_fraction, ge=0, lt=1)
+        check_range("workers", self.workers, ge=0)
+        if not self.class_names:
+            raise ConfigError("config key 'class-names': give at least one class, e.g. lesion")
+        for key, names in (("class-names", self.class_names),
+                           ("morphology-names", self.morphology_names)):
+            if len(set(names)) != len(names):
+                raise ConfigError(f"config key '{key}': a name is repeated in {names}", key=key)
+            for name in names:
+                check_label(key, name)
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,9 @@ class PreprocessConfigRef:
     preprocess_detector: str = "classical"
     preprocess_cache_dir: Path | None = None
 
+    def validate(self) -> None:
+        check_choice("preprocess-detector", self.preprocess_detector, OVERLAY_DETECTORS)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -77,11 +121,9 @@ class ModelConfig:
     finetune: str = "auto"
 
     def validate(self) -> None:
-        if self.finetune not in ("auto", "global", "local"):
-            raise ConfigError(
-                "config key 'finetune': expected 'auto', 'global' or 'local', "
-                f"got {self.finetune!r}"
-            )
+        check_choice("finetune", self.finetune, FINETUNE_MODES)
+        if not self.preset.strip():
+            raise ConfigError("config key 'preset': must not be empty (e.g. lite0)")
 
 
 @dataclass(frozen=True)
@@ -107,16 +149,23 @@ class TrainConfig:
     threads: int = 0  # 0 = leave torch's default
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"config key 'local-epochs': must be >= 1, got {self.epochs}")
-        if self.learning_rate <= 0:
+        check_range("local-epochs", self.epochs, ge=1)
+        check_range("max-steps", self.max_steps, ge=0, note="0 = no cap")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_range("learning-rate", self.learning_rate, gt=0)
+        check_range("backbone-lr-scale", self.backbone_lr_scale, gt=0, le=1)
+        check_range("weight-decay", self.weight_decay, ge=0)
+        check_range("momentum", self.momentum, ge=0, lt=1)
+        check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        check_range("warmup-steps", self.warmup_steps, ge=0)
+        check_range("grad-clip", self.grad_clip, ge=0, note="0 = off")
+        check_range("alpha-seg", self.alpha_seg, ge=0)
+        check_range("proximal-mu", self.proximal_mu, ge=0)
+        check_range("threads", self.threads, ge=0, note="0 = all cores")
+        if not _DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(
-                f"config key 'learning-rate': must be > 0, got {self.learning_rate}"
-            )
-        if not 0.0 < self.backbone_lr_scale <= 1.0:
-            raise ConfigError(
-                "config key 'backbone-lr-scale': must be in (0, 1], "
-                f"got {self.backbone_lr_scale}"
+                f"config key 'device': unknown {self.device!r} (use auto, cpu, cuda, "
+                "cuda:N or mps)", key="device",
             )
 
 
@@ -154,43 +203,52 @@ class FederationConfig:
     num_malicious_nodes: int = 0
 
     def validate(self) -> None:
-        if self.num_server_rounds < 1:
-            raise ConfigError(
-                f"config key 'num-server-rounds': must be >= 1, got {self.num_server_rounds}"
-            )
+        check_range("num-server-rounds", self.num_server_rounds, ge=1)
+        check_choice("strategy", self.strategy.lower(), STRATEGIES)
+        check_range("fraction-train", self.fraction_train, gt=0, le=1)
+        check_range("fraction-evaluate", self.fraction_evaluate, ge=0, le=1,
+                    note="0 = no federated evaluation")
+        check_range("min-train-nodes", self.min_train_nodes, ge=1)
+        check_range("min-evaluate-nodes", self.min_evaluate_nodes, ge=0)
+        check_range("min-available-nodes", self.min_available_nodes, ge=1)
+        check_run_name(self.run_name)
+        if not str(self.runs_dir).strip():
+            raise ConfigError("config key 'runs-dir': must not be empty", key="runs-dir")
+        check_range("round-timeout", self.round_timeout, gt=0, note="seconds")
         parse_threshold_rule(self.threshold_rule)
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"config key 'run-name': invalid name {self.run_name!r}")
-        if self.server_learning_rate <= 0:
-            raise ConfigError(
-                "config key 'server-learning-rate': must be > 0, "
-                f"got {self.server_learning_rate}"
-            )
-        for key, value in (("server-momentum", self.server_momentum),
-                           ("server-beta-1", self.server_beta_1),
-                           ("server-beta-2", self.server_beta_2)):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"config key '{key}': must be in [0, 1), got {value}")
-        if self.server_tau <= 0:
-            raise ConfigError(f"config key 'server-tau': must be > 0, got {self.server_tau}")
-        if not 0.0 <= self.trimmed_beta < 0.5:
-            raise ConfigError(
-                "config key 'trimmed-beta': must be in [0, 0.5) (the share cut at each "
-                f"end), got {self.trimmed_beta}"
-            )
-        if self.num_malicious_nodes < 0:
-            raise ConfigError(
-                f"config key 'num-malicious-nodes': must be >= 0, got {self.num_malicious_nodes}"
-            )
+        check_range("server-learning-rate", self.server_learning_rate, gt=0)
+        check_range("server-momentum", self.server_momentum, ge=0, lt=1)
+        check_range("server-beta-1", self.server_beta_1, ge=0, lt=1)
+        check_range("server-beta-2", self.server_beta_2, ge=0, lt=1)
+        check_range("server-tau", self.server_tau, gt=0)
+        check_range("trimmed-beta", self.trimmed_beta, ge=0, lt=0.5,
+                    note="the share cut at each end")
+        check_range("num-malicious-nodes", self.num_malicious_nodes, ge=0)
 
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """Where a site's data lives (node config)."""
+    """Where a site's data lives (node config; in simulation also the run config's
+    ``data-path`` + ``partition``, which cut one data set into virtual hospitals)."""
 
     data_path: Path | None = None
     site_name: str = ""
     partition_id: int = -1
     num_partitions: int = 0
+    # iid | dirichlet:A[,MIN] | source (endofed.shared.data.partition parses the rest).
+    partition: str = "iid"
     synthetic_images_per_site: int = 24
     synthetic_dir: Path | None = None
+
+    def validate(self) -> None:
+        check_label("site-name", self.site_name)
+        check_range("partition-id", self.partition_id, ge=-1, note="-1 = not simulated")
+        check_range("num-partitions", self.num_partitions, ge=0)
+        if self.num_partitions and self.partition_id >= self.num_partitions:
+            raise ConfigError(
+                f"config key 'partition-id': {self.partition_id} is not below "
+                f"num-partitions {self.num_partitions}", key="partition-id",
+            )
+        check_choice("partition", self.partition.strip().partition(":")[0].strip(),
+                     PARTITION_SCHEMES)
+        check_range("synthetic-images-per-site", self.synthetic_images_per_site, ge=1)
