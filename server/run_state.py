@@ -22,7 +22,6 @@ leaves the previous version.
 from __future__ import annotations
 
 import logging
-import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from endofed.shared.model.weights import UnreadableFileError, load_torch_file
 from endofed.shared.util.atomic import atomic_save, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A round checkpoint's payload with tensors back as numpy arrays (no code runs).
 
     Checkpoints written before tensors-only (numpy arrays pickled inside) load with
-    numpy's array reconstruction allowed, still under ``weights_only=True``.
+    numpy's array reconstruction allowed, still under ``weights_only=True``. A file that
+    is damaged, not a round checkpoint or holds anything else (a pickle that would run
+    code) raises :class:`~endofed.shared.model.weights.UnreadableFileError` naming it.
     """
+    what = "server run state"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch_file(path, what=what)
+    except UnreadableFileError:
+        payload = load_torch_file(path, what=what, safe_globals=_LEGACY_NUMPY_GLOBALS)
+    if not isinstance(payload, dict):
+        raise UnreadableFileError(f"{what} {path}: not a checkpoint (a {type(payload).__name__})")
     return from_checkpoint(payload)
 
 
@@ -96,6 +100,11 @@ def load_run_state(run_dir: Path) -> RunState | None:
     if not path.exists():
         return None
     payload = load_checkpoint(path)
+    if "round" not in payload or "arrays" not in payload:
+        raise UnreadableFileError(
+            f"server run state {path}: not a round checkpoint (no round / arrays); restore "
+            "it from checkpoints/round_NNN.pt or start the run under a new run-name"
+        )
     return RunState(
         round=int(payload["round"]),
         arrays=dict(payload["arrays"]),

@@ -25,13 +25,24 @@ from endofed.shared.engine import (
     evaluate,
     resolve_device,
 )
-from endofed.shared.engine.trainer import CHECKPOINT_NAME
+from endofed.shared.engine.trainer import (
+    CHECKPOINT_NAME,
+    check_resume_identity,
+    model_identity,
+    read_resume_state,
+)
 from endofed.shared.metrics import MetricAccumulator, flat_scalars, json_safe
 from endofed.shared.metrics.operating_point import choose_operating_point
 from endofed.shared.metrics.report import write_evaluation_report
 from endofed.shared.metrics.scalars import improves
 from endofed.shared.model import save_checkpoint
 from endofed.shared.util.atomic import atomic_save, atomic_write_json
+from endofed.simulations.central_dp import (
+    CentralPrivacy,
+    dp_identity,
+    new_study_id,
+    privacy_section,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,8 @@ class CentralResult:
     train_seconds: float
     num_train: int
     num_val: int
+    privacy: dict[str, Any] | None = None
+    """DP-SGD summary (epsilon spent, ledger...) when ``dp-epsilon`` > 0."""
 
 
 def pooled_records(paths: Sequence[Path], cfg: EndoFedConfig) -> list[SampleRecord]:
@@ -82,6 +95,17 @@ def train_central(
     its per-epoch validation and best epoch), ``train_history.json`` (one row per
     epoch: losses, ``val_map50``, ``val_dice``, ``val_op_threshold``, ``best``),
     ``metrics.json`` (the best epoch's validation metrics), ``report.md`` and plots.
+
+    With ``dp-epsilon`` > 0 it trains with DP-SGD through the federation's privacy entry
+    point (:mod:`endofed.simulations.central_dp`): epsilon spent per epoch in
+    ``train_history.json``, the total in ``metrics.json["privacy"]`` and the report, and
+    the ledger in ``out_dir/privacy-ledger.json``.
+
+    A resume (``checkpoints/last.pt``) must match the model (preset, image size,
+    classes, finetune, architecture), the optimiser and the DP settings; otherwise
+    :class:`~endofed.shared.engine.trainer.ResumeError` says what differs. It restores
+    the random-number state too, so a resumed run ends with the weights of the
+    uninterrupted run (``workers=0``; DP noise and sampling are secret by design).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,21 +119,53 @@ def train_central(
     log.info("central: %d train / %d val images, preset %s on %s",
              len(train_set), len(val_set), cfg.model.preset, device)
     model = model_for(cfg).to(device)
-    trainer = Trainer(model, cfg.train, device=device, progress=progress)
-    train_loader = loader_for(train_set, cfg, shuffle=True)
-    val_loader = loader_for(val_set, cfg, shuffle=False) if len(val_set) else None
     total = cfg.train.epochs
-    # The schedule spans all epochs although fit() is called one epoch at a time.
-    trainer.scheduler = build_scheduler(
-        trainer.optimizer, cfg.train, total * max(1, trainer.steps_per_epoch(train_loader))
-    )
+    extras = {**dp_identity(cfg), "class-names": list(cfg.data.class_names)}
+    ckpt = ckdir / CHECKPOINT_NAME
+    saved = read_resume_state(ckpt) if resume and ckpt.exists() else None
+    if saved is not None:  # refuse another setup before anything trains or is charged
+        check_resume_identity(ckpt, saved, {**model_identity(model),
+                                            "optimizer": cfg.train.optimizer, **extras})
+    done = int(saved["epoch"]) if saved is not None else 0
+    private_ctx: CentralPrivacy | None = None
+    trainer: Trainer | None = None
+    train_loader = loader_for(train_set, cfg, shuffle=True)
+    if cfg.privacy.enabled:
+        study = (saved.get("extra") or {}).get("dp-study") if saved is not None else None
+        private_ctx = CentralPrivacy(cfg, out_dir, train_set, device,
+                                     study=str(study or new_study_id()), total_epochs=total)
+    else:
+        trainer = Trainer(model, cfg.train, device=device, progress=progress, identity=extras)
+        # The schedule spans all epochs although fit() is called one epoch at a time.
+        trainer.scheduler = build_scheduler(
+            trainer.optimizer, cfg.train, total * max(1, trainer.steps_per_epoch(train_loader))
+        )
+    val_loader = loader_for(val_set, cfg, shuffle=False) if len(val_set) else None
     kwargs = {"class_names": list(cfg.data.class_names),
               "morphology_names": list(cfg.data.morphology_names)}
     epochs = _EpochLog(ckdir, fresh=not resume)
-    seconds, done = 0.0, 0
+    seconds = 0.0
     while done < total:
-        result = trainer.fit(train_loader, epochs=done + 1, checkpoint_dir=ckdir,
+        loader, privacy_row, private = train_loader, {}, None
+        if private_ctx is not None:
+            private = private_ctx.epoch(model, done + 1)  # books the epoch in the ledger
+            loader = private.loader
+            if trainer is None:
+                trainer = Trainer(
+                    private.module, private.train_config, device=device,
+                    optimizer=private.optimizer, on_empty_batch=private.on_empty_batch,
+                    progress=progress, loader_rng=False, identity=extras,
+                )
+                trainer.extra["dp-study"] = private_ctx.study
+                trainer.scheduler = build_scheduler(
+                    trainer.optimizer, trainer.config,
+                    total * max(1, trainer.steps_per_epoch(loader)),
+                )
+        assert trainer is not None
+        result = trainer.fit(loader, epochs=done + 1, checkpoint_dir=ckdir,
                              resume=resume or done > 0, desc="central")
+        if private_ctx is not None and private is not None:
+            privacy_row = private_ctx.finish(private)
         seconds += result.seconds
         done = result.resumed_from_epoch + len(result.epochs)
         if done in epochs.rows:
@@ -119,7 +175,7 @@ def train_central(
             evaluate(model, val_loader, acc, device=device, progress=progress,
                      desc=f"validate {done}")
         stats = next((e for e in result.epochs if e.epoch + 1 == done), None)
-        epochs.record(done, stats, acc, model, cfg)
+        epochs.record(done, stats, acc, model, cfg, extra=privacy_row)
     best = epochs.best_epoch()
     acc = MetricAccumulator.from_state(epochs.best_state(), **kwargs)
     point = choose_operating_point(acc.state(), cfg.federation.threshold_rule)
@@ -132,6 +188,11 @@ def train_central(
     model_path = out_dir / "model.pt"
     atomic_save(model_path, lambda tmp: shutil.copyfile(ckdir / BEST_MODEL, tmp))
     history = [{**epochs.rows[e], "best": e == best} for e in sorted(epochs.rows)]
+    privacy = private_ctx.summary(history) if private_ctx is not None else None
+    sections = {}
+    if privacy is not None:
+        metrics["privacy"] = privacy
+        sections["Privacy"] = privacy_section(privacy)
     (out_dir / "train_history.json").write_text(json.dumps(json_safe(history), indent=1))
     (out_dir / "config.json").write_text(json.dumps(cfg.to_mapping(), indent=1, default=str))
     write_evaluation_report(
@@ -142,6 +203,7 @@ def train_central(
             "Training": f"{total} epochs ({seconds:.0f} s in this process); the model and "
                         f"these metrics are from epoch {best}, the best by validation "
                         "mAP@0.5 (per-epoch values in train_history.json)",
+            **sections,
         },
     )
     log.info("central: best epoch %d/%d: %s; operating point %s > %.3f (sens %.3f, spec %.3f)",
@@ -149,7 +211,8 @@ def train_central(
              {k: round(v, 4) for k, v in flat_scalars(metrics).items()
               if k in ("map50", "dice", "auc", "sensitivity", "specificity")},
              point.rule, point.threshold, point.sensitivity, point.specificity)
-    return CentralResult(out_dir, model_path, metrics, seconds, len(train_set), len(val_set))
+    return CentralResult(out_dir, model_path, metrics, seconds, len(train_set), len(val_set),
+                         privacy=privacy)
 
 
 BEST_MODEL = "best.pt"
@@ -183,7 +246,11 @@ class _EpochLog:
         path = ckdir / EPOCHS_FILE
         resumable = (ckdir / CHECKPOINT_NAME).exists() and (ckdir / BEST_MODEL).exists()
         if not fresh and resumable and path.exists():
-            self.rows = {int(r["epoch"]): r for r in json.loads(path.read_text())}
+            try:
+                self.rows = {int(r["epoch"]): r for r in json.loads(path.read_text())}
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"{path}: not a list of epoch rows ({exc}); pass "
+                                 "--no-resume to start over") from None
 
     def best_epoch(self) -> int:
         best = best_epoch(self.rows)
@@ -192,11 +259,16 @@ class _EpochLog:
         return best
 
     def best_state(self) -> dict[str, np.ndarray]:
-        with np.load(self.ckdir / BEST_STATE) as z:
-            return {k: z[k] for k in z.files}
+        path = self.ckdir / BEST_STATE
+        try:  # arrays only: never unpickles objects
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: unreadable validation state ({exc}); pass "
+                             "--no-resume to start over") from None
 
     def record(self, epoch: int, stats: Any, acc: MetricAccumulator, model: torch.nn.Module,
-               cfg: EndoFedConfig) -> None:
+               cfg: EndoFedConfig, extra: dict[str, Any] | None = None) -> None:
         metrics = acc.compute()
         point = choose_operating_point(acc.state(), cfg.federation.threshold_rule)
         row: dict[str, Any] = {"epoch": epoch}
@@ -208,6 +280,7 @@ class _EpochLog:
                     "val_op_threshold": point.threshold,
                     "val_op_sensitivity": point.sensitivity,
                     "val_op_specificity": point.specificity})
+        row.update(extra or {})
         before = best_epoch({e: r for e, r in self.rows.items() if e < epoch})
         best_value = None if before is None else _nan(self.rows[before]["val_map50"])
         if improves(float(metrics["map50"]), best_value):

@@ -1,30 +1,57 @@
-"""``endofed train DATA... --out RUN_DIR``: the centralized baseline."""
+"""``endofed train DATA... --out RUN_DIR``: the centralized baseline (DP-SGD with
+``-c dp-epsilon=...``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from endofed.commands._common import add_config_flags, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train centrally on one or more site folders")
+    p = sub.add_parser(
+        "train", help="train centrally on one or more site folders",
+        description=(
+            "Pools the site folders, splits them patient-aware, trains and keeps the best "
+            "epoch by validation mAP@0.5. With -c dp-epsilon=E it trains with DP-SGD "
+            "(Opacus, the federation's privacy entry point; ledger in OUT). An existing "
+            "OUT/checkpoints/last.pt is resumed exactly (same preset, size, classes and "
+            "DP settings required) unless --no-resume."
+        ),
+    )
     p.add_argument("data", nargs="+", type=Path, help="site folders (pooled)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over: ignore (and replace) OUT/checkpoints/last.pt")
     add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from endofed.privacy.accounting import PrivacyBudgetError
+    from endofed.privacy.ledger import LedgerError
+    from endofed.shared.engine.trainer import ResumeError
     from endofed.shared.metrics import flat_scalars
+    from endofed.shared.model.weights import UnreadableFileError
     from endofed.simulations.central import train_central
 
     cfg = config_from_args(args, {"preset": "lite0", "threads": 0})
-    result = train_central(cfg, args.data, args.out, resume=not args.no_resume)
+    try:
+        result = train_central(cfg, args.data, args.out, resume=not args.no_resume)
+    except (ResumeError, UnreadableFileError, PrivacyBudgetError, LedgerError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"endofed train: {exc}", file=sys.stderr)
+        return 2
     scalars = flat_scalars(result.metrics)
     keys = ("map50", "map", "dice", "auc", "sensitivity", "specificity", "accuracy", "f1")
     print("  ".join(f"{k}={scalars.get(k, float('nan')):.4f}" for k in keys))
+    if result.privacy is not None:
+        p = result.privacy
+        print(f"DP-SGD: epsilon spent {p['epsilon_spent']:.4g} of {p['epsilon_target']:g} "
+              f"(delta {p['delta']:g}, noise multiplier {p['noise_multiplier']:.4g}); "
+              f"ledger: {p['ledger']}")
     print(f"model: {result.model_path}\nreport: {result.out_dir / 'report.md'}")
     return 0

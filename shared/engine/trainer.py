@@ -9,6 +9,7 @@ mean (Opacus is configured with ``loss_reduction="mean"``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,12 +24,97 @@ from tqdm.auto import tqdm
 from endofed.shared.config import TrainConfig
 from endofed.shared.data.collate import Batch
 from endofed.shared.engine.optim import build_optimizer, build_scheduler
+from endofed.shared.engine.rng import rng_state, set_rng_state
 from endofed.shared.model import compute_loss, unwrap
+from endofed.shared.model.weights import UnreadableFileError, load_torch_file
 from endofed.shared.util.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
+RESUME_FORMAT = "endofed-resume"
+RESUME_VERSION = 2
+#: What a user is told when a resume state cannot be used.
+START_OVER = "pass --no-resume to start over (the checkpoint is replaced) or choose another --out"
+
+
+class ResumeError(ValueError):
+    """A resume state that cannot be used: unreadable, or written for another setup.
+
+    The message is one line naming the file, what differs and how to start over.
+    """
+
+
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """The settings that shape the model's tensors, compared before a resume.
+
+    ``preset``, ``image-size``, ``num-classes``, ``finetune`` (which tensors train),
+    ``pretrained-body`` and the rest of the preset's architecture.
+    """
+    m = unwrap(model)
+    arch = json.loads(json.dumps(m.config.to_dict()))  # tuples -> lists, plain data
+    preset = arch.pop("name", None)
+    size = arch.pop("image_size", None)
+    return {
+        "preset": preset,
+        "image-size": size,
+        "num-classes": int(m.num_classes),
+        "finetune": m.finetune,
+        "pretrained-body": bool(getattr(m, "pretrained_body", False)),
+        "architecture": arch,
+    }
+
+
+def identity_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key <saved> (checkpoint) vs <now> (now)`` for every setting that differs."""
+    diffs = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            diffs += [f"{key}.{d}" for d in identity_differences(old, new)]
+        else:
+            diffs.append(f"{key} {old!r} (checkpoint) vs {new!r} (now)")
+    return diffs
+
+
+def check_resume_identity(
+    path: Path, state: Mapping[str, Any], identity: Mapping[str, Any]
+) -> None:
+    """Refuse ``state`` (read from ``path``) if it was written for another setup.
+
+    Raises:
+        ResumeError: one line naming ``path``, each differing setting and how to start
+            over.
+    """
+    saved = state.get("identity")
+    if saved is None:
+        log.warning("%s: written by an older EndoFed (no setup recorded); resuming "
+                    "without checking preset and image size", path)
+        return
+    diffs = identity_differences(saved, json.loads(json.dumps(dict(identity), default=str)))
+    if diffs:
+        raise ResumeError(
+            f"resume state {path} was written for another setup ({'; '.join(diffs)}): "
+            f"rerun with the checkpoint's settings, or {START_OVER}"
+        )
+
+
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """A resume state written by :meth:`Trainer.save_checkpoint` (``weights_only``).
+
+    Raises:
+        ResumeError: the file is truncated, damaged, holds objects other than tensors
+            and plain data (nothing in it runs), or is no resume state; one line.
+    """
+    try:
+        state = load_torch_file(path, what="resume state")
+    except UnreadableFileError as exc:
+        raise ResumeError(f"{exc}; {START_OVER}") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ResumeError(f"resume state {path}: not a training checkpoint; {START_OVER}")
+    return state
 
 
 @dataclass
@@ -103,6 +189,16 @@ class Trainer:
         on_empty_batch: called for a batch with zero images (Poisson sampling);
             the privacy layer uses it to keep its accounting and noise honest.
         progress: show a progress bar.
+        loader_rng: keep the loader's generator (shuffle order) in the resume state.
+            Off under DP: the Poisson sampler's generator is secret and must not be
+            written to disk or replayed.
+        identity: settings to add to the identity (see below).
+
+    The identity (:func:`model_identity`, the optimiser and ``identity``, what the
+    caller adds, e.g. the DP settings) is saved in every checkpoint; a resume whose
+    identity differs is refused (:class:`ResumeError`). The checkpoint also holds the
+    random-number state (:mod:`~endofed.shared.engine.rng`), so a resumed run
+    continues exactly as the uninterrupted one would have.
     """
 
     def __init__(
@@ -116,6 +212,8 @@ class Trainer:
         loss_fn: LossFn | None = None,
         on_empty_batch: Callable[[], None] | None = None,
         progress: bool = True,
+        loader_rng: bool = True,
+        identity: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -128,6 +226,12 @@ class Trainer:
         self.use_amp = bool(config.amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.global_step = 0
+        self.loader_rng = loader_rng
+        self.identity: dict[str, Any] = {
+            **model_identity(model), "optimizer": config.optimizer, **dict(identity or {})
+        }
+        #: Saved with the checkpoint, not compared (e.g. the DP study a run belongs to).
+        self.extra: dict[str, Any] = {}
         self._reference: list[tuple[nn.Parameter, torch.Tensor]] | None = None
 
     # -- FedProx -----------------------------------------------------------------
@@ -168,7 +272,7 @@ class Trainer:
         start_epoch = 0
         ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
         if ckpt is not None and resume and ckpt.exists():
-            start_epoch = self.load_checkpoint(ckpt)
+            start_epoch = self.load_checkpoint(ckpt, loader=loader)
             log.info("resuming from %s after epoch %d", ckpt, start_epoch)
         result = TrainResult(resumed_from_epoch=start_epoch)
         t0 = time.perf_counter()
@@ -181,7 +285,7 @@ class Trainer:
                 stats.images, stats.images_per_second,
             )
             if ckpt is not None:
-                self.save_checkpoint(ckpt, epoch=epoch + 1)
+                self.save_checkpoint(ckpt, epoch=epoch + 1, loader=loader)
         result.seconds = time.perf_counter() - t0
         return result
 
@@ -264,30 +368,73 @@ class Trainer:
         )
 
     # -- checkpoints --------------------------------------------------------------
-    def save_checkpoint(self, path: Path, *, epoch: int) -> None:
-        """Atomically write model + optimiser + schedule + epoch to ``path``."""
+    def _loader_generator(self, loader: Iterable[Batch] | None) -> torch.Generator | None:
+        if not self.loader_rng or loader is None:
+            return None
+        return getattr(loader, "generator", None)
+
+    def save_checkpoint(
+        self, path: Path, *, epoch: int, loader: Iterable[Batch] | None = None
+    ) -> None:
+        """Atomically write model, optimiser, schedule, epoch, identity and RNG state.
+
+        Everything is tensors and plain data (it is read with ``weights_only=True``).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
+            "format": RESUME_FORMAT,
+            "version": RESUME_VERSION,
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "global_step": self.global_step,
-            "train_config": dataclasses.asdict(self.config),
+            "train_config": json.loads(json.dumps(dataclasses.asdict(self.config), default=str)),
+            "identity": json.loads(json.dumps(self.identity, default=str)),
+            "rng": rng_state(self._loader_generator(loader)),
+            "extra": json.loads(json.dumps(self.extra, default=str)),
         }
         atomic_save(path, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self, path: Path) -> int:
-        """Restore from ``path``; returns the number of finished epochs."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
+    def check_identity(self, path: Path, state: Mapping[str, Any]) -> None:
+        """Refuse a resume state written for another model or setup (:class:`ResumeError`)."""
+        check_resume_identity(path, state, self.identity)
+
+    def load_checkpoint(self, path: Path, *, loader: Iterable[Batch] | None = None) -> int:
+        """Restore from ``path``; returns the number of finished epochs.
+
+        Raises :class:`ResumeError` (one line naming ``path``) for a file that is
+        unreadable or was written for another setup (:meth:`check_identity`).
+        """
+        state = read_resume_state(path)
+        self.check_identity(path, state)
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ResumeError(
+                f"resume state {path} does not fit this model or optimiser ({first}); "
+                f"{START_OVER}"
+            ) from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.global_step = int(state.get("global_step", 0))
+        saved_train = state.get("train_config") or {}
+        now_train = json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
+        changed = [f"{k} {saved_train[k]!r} -> {now_train[k]!r}" for k in sorted(now_train)
+                   if k in saved_train and saved_train[k] != now_train[k]]
+        if changed:
+            log.warning("%s: resuming with changed training settings: %s", path,
+                        ", ".join(changed))
+        if state.get("rng") is not None:
+            set_rng_state(state["rng"], self._loader_generator(loader))
+        else:
+            log.warning("%s: no random-number state recorded; the resumed run will not "
+                        "repeat the uninterrupted one exactly", path)
         return int(state["epoch"])
 
 

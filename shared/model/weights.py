@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,15 +58,60 @@ def unwrap(model: nn.Module) -> ImprovedSSD:
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
+class UnreadableFileError(ValueError):
+    """A torch file EndoFed refuses or cannot read; the message names the file."""
+
+
+_REFUSED_PICKLE = re.compile(
+    r"(unsupported GLOBAL [\w.]+|Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+"
+    r"|Unsupported class [\w.]+)", re.IGNORECASE,
+)
+
+
+def load_torch_file(
+    path: str | Path,
+    *,
+    what: str = "weights file",
+    map_location: str | torch.device = "cpu",
+    safe_globals: Sequence[Any] = (),
+) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never code.
+
+    Every torch file EndoFed reads (checkpoints, resume states, run states, weights)
+    goes through here. A pickle that needs any other Python object (a ``__reduce__``
+    that would run code) is refused by torch's restricted unpickler before anything
+    runs; that, a truncated file or a file that is no torch file at all raises
+    :class:`UnreadableFileError`, one line naming ``what`` and ``path``.
+    ``safe_globals`` widens the allowed set (numpy's array reconstruction for old
+    server checkpoints; still no code).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"weights file {path}: cannot read it as a torch file ({exc})") from exc
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _REFUSED_PICKLE.search(str(exc))
+        detail = found.group(1) if found else str(exc).strip().splitlines()[0]
+        raise UnreadableFileError(
+            f"{what} {path}: refused: it holds Python objects other than tensors and plain "
+            f"data ({detail}), and EndoFed never runs code from a data file; use a file "
+            "EndoFed wrote (or a plain state_dict of tensors)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line with the file name
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableFileError(
+            f"{what} {path}: cannot read it as a torch file (truncated or damaged? {first})"
+        ) from None
+
+
+def _read_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
+    obj = load_torch_file(path, what=what)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"weights file {path}: expected a state_dict, got {type(obj).__name__}")
+        raise UnreadableFileError(
+            f"{what} {path}: expected a state_dict, got {type(obj).__name__}"
+        )
     return dict(obj)
 
 
@@ -287,9 +334,11 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (``config``, ``num_classes``, ``state_dict``, ``extra``...)."""
     path = Path(path)
-    ckpt = _read_state_dict(path)
+    ckpt = _read_state_dict(path, what="model file")
     if not is_checkpoint(ckpt):
-        raise ValueError(f"{path} is not an EndoFed model checkpoint (no format marker)")
+        raise UnreadableFileError(
+            f"model file {path} is not an EndoFed model checkpoint (no format marker)"
+        )
     return ckpt
 
 
