@@ -52,9 +52,9 @@ def test_the_detector_the_config_names_is_built_here_and_injectable(tmp_path):
     # "learned" reaches the learned detector, which needs its weights file
     with pytest.raises(ValueError, match="detector_path"):
         sample_loader_for(learned)
-    unknown = EndoFedConfig.from_mapping({**base, "preprocess-detector": "nope"})
-    with pytest.raises(ValueError, match="unknown overlay detector"):
-        sample_loader_for(unknown)
+    # an unknown name is refused by the config itself, before any image is read
+    with pytest.raises(ValueError, match="'preprocess-detector': unknown 'nope'"):
+        EndoFedConfig.from_mapping({**base, "preprocess-detector": "nope"})
     # an injected detector is used (and keys the cache apart from the default one)
     classical = sample_loader_for(EndoFedConfig.from_mapping(base))(record)
     injected = sample_loader_for(learned, detector=FindsNothing())(record)
