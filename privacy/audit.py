@@ -61,6 +61,7 @@ from endofed.shared.util.atomic import atomic_save, atomic_write_json
 log = logging.getLogger(__name__)
 
 POOLED = "pooled"
+ALL_SITES = "*"  # run_epsilon's key when one epsilon covers every site (central run)
 FINETUNE_CHOICES = ("target", "global", "local")
 REFERENCE_CACHE_VERSION = 1
 
@@ -366,7 +367,7 @@ def run_membership_audit(
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     for name, sel in groups:
-        eps = epsilon.get(name) if name != POOLED else (
+        eps = epsilon.get(name, epsilon.get(ALL_SITES)) if name != POOLED else (
             max((v for v in epsilon.values() if v is not None and not math.isnan(v)),
                 default=None))
         for attack, s in scores.items():
@@ -392,9 +393,10 @@ def _calibration_dict(c: Calibration) -> dict[str, Any]:
 def run_epsilon(run_dir: Path) -> tuple[dict[str, float], str]:
     """Epsilon each site spent for the run's model, and where it was read.
 
-    A federated run: the largest ``epsilon-spent`` per site in ``metrics.csv``; else
-    the site ledgers under ``state/`` (``epsilon_spent``); a central run: the
-    ``epsilon-spent`` of ``metrics.json`` (as ``"all"``). Empty if none is known.
+    A federated run: the largest ``epsilon-spent`` per site in ``metrics.csv``, else
+    the site ledgers under ``state/``; a central DP run: ``metrics.json``'s
+    ``privacy.epsilon_spent``, else its ``privacy-ledger.json``, under the key
+    :data:`ALL_SITES`. Empty if none is known (no DP).
     """
     csv = run_dir / "metrics.csv"
     if csv.exists():
@@ -404,27 +406,28 @@ def run_epsilon(run_dir: Path) -> tuple[dict[str, float], str]:
             if len(sites):
                 per = sites.groupby("site")["epsilon-spent"].max()
                 return {str(k): float(v) for k, v in per.items()}, "metrics.csv"
-    ledgers = sorted((run_dir / "state").glob("*/privacy-ledger.json"))
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        try:
+            privacy = json.loads(metrics.read_text()).get("privacy") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            privacy = {}
+        if isinstance(privacy.get("epsilon_spent"), (int, float)):
+            return {ALL_SITES: float(privacy["epsilon_spent"])}, "metrics.json"
     out: dict[str, float] = {}
-    for path in ledgers:
+    source = ""
+    for path, key in [(p, None) for p in sorted((run_dir / "state").glob(
+            "*/privacy-ledger.json"))] + [(run_dir / "privacy-ledger.json", ALL_SITES)]:
+        if not path.exists():
+            continue
         try:
             summary = read_ledger_summary(path)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("ledger %s unreadable: %s", path, exc)
             continue
-        out[str(summary["site"])] = float(summary["epsilon_spent"])
-    if out:
-        return out, "state/*/privacy-ledger.json"
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        try:
-            data = json.loads(metrics.read_text())
-        except (OSError, json.JSONDecodeError):
-            data = {}
-        for key in ("epsilon-spent", "epsilon_spent"):
-            if isinstance(data.get(key), (int, float)):
-                return {"all": float(data[key])}, "metrics.json"
-    return {}, ""
+        out[key or str(summary["site"])] = float(summary["epsilon_spent"])
+        source = str(path.relative_to(run_dir))
+    return out, ("state/*/privacy-ledger.json" if len(out) > 1 else source)
 
 
 # -- outputs ---------------------------------------------------------------------------

@@ -9,9 +9,11 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from endofed.privacy.audit import (
+    ALL_SITES,
     AuditSite,
     ReferenceSpec,
     per_image_losses,
+    run_epsilon,
     run_membership_audit,
 )
 from endofed.privacy.membership import (
@@ -216,3 +218,22 @@ def test_full_audit_with_real_reference_models_is_reproducible_and_computed_as_s
     for other in (again, fresh):  # same seed: the same reference models, the same table
         assert [{k: v for k, v in r.items() if k != "epsilon_spent"}
                 for r in other.rows] == strip
+
+
+def test_epsilon_of_a_central_dp_run_covers_every_site(tiny_audit, tmp_path):
+    """``train -c dp-epsilon=..`` records ``metrics.json["privacy"]["epsilon_spent"]``;
+    every site's rows (and the pooled one) carry it."""
+    import json
+
+    run = tmp_path / "central"
+    run.mkdir()
+    assert run_epsilon(run) == ({}, "")
+    (run / "metrics.json").write_text(json.dumps({"map50": 0.1,
+                                                  "privacy": {"epsilon_spent": 3.9}}))
+    eps, source = run_epsilon(run)
+    assert eps == {ALL_SITES: 3.9} and source == "metrics.json"
+    model, sites, cfg = tiny_audit
+    report = run_membership_audit(model, sites, cfg, epsilon=eps, progress=False)
+    assert {r["site"]: r["epsilon_spent"] for r in report.rows} == {
+        "s0": 3.9, "s1": 3.9, "pooled": 3.9}
+    assert report.references is None and {r["attack"] for r in report.rows} == {"loss"}
