@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -281,11 +282,18 @@ def reference_losses(
         cached = Path(cache_dir) / f"reference-{fp}.npz"
         info["cache"] = str(cached)
         if cached.exists():
-            with np.load(cached) as z:
-                if z["losses"].shape == in_mask.shape and (z["in_mask"] == in_mask).all():
-                    info.update(seconds=float(z["seconds"]), reused=True)
+            try:  # no pickles: np.load refuses object arrays
+                with np.load(cached) as z:
+                    old_losses, old_mask = z["losses"], z["in_mask"]
+                    seconds = float(z["seconds"])
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                log.warning("reference cache %s unreadable (%s): training again", cached, exc)
+            else:
+                if old_losses.shape == in_mask.shape and (old_mask == in_mask).all() and \
+                        np.isfinite(old_losses).all():
+                    info.update(seconds=seconds, reused=True)
                     log.info("reference losses reused from %s", cached)
-                    return z["losses"], in_mask, info
+                    return old_losses, in_mask, info
     losses = np.zeros(in_mask.shape)
     t0 = time.perf_counter()
     bar = tqdm(total=spec.count * epochs, desc="reference models", unit="epoch",

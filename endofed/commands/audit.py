@@ -107,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
                          "pass --model")
     run_config, federated = _run_config(run_dir)
     cfg = EndoFedConfig.from_mapping(run_config)
+    spec = ReferenceSpec(count=args.reference_models, finetune=args.reference_finetune,
+                         epochs=args.reference_epochs,
+                         seed=cfg.train.seed if args.seed is None else args.seed)
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise SystemExit(f"endofed audit: {exc}") from None
     sites: list[tuple[str, Path]] = [(p.name, p) for p in args.data]
     if not sites:
         csv = run_dir / "metrics.csv"
@@ -152,13 +159,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no site could be audited ({', '.join(skipped)})", file=sys.stderr)
         return 1
 
-    spec = ReferenceSpec(count=args.reference_models, finetune=args.reference_finetune,
-                         epochs=args.reference_epochs,
-                         seed=cfg.train.seed if args.seed is None else args.seed)
-    try:
-        spec.validate()
-    except ValueError as exc:
-        raise SystemExit(f"endofed audit: {exc}") from None
     epsilon, eps_source = run_epsilon(run_dir)
     try:
         report = run_membership_audit(

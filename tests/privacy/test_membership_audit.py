@@ -3,6 +3,9 @@ reference halves, and the full audit with real reference models."""
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +33,17 @@ from endofed.shared.data.site import scan_site
 from endofed.shared.data.synthetic import write_site
 from endofed.shared.engine import Trainer
 from endofed.shared.model import build_model
+
+
+class _Plant:
+    """Unpickling this writes ``marker`` (proof that a pickle ran)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
 
 # 10 non-members scored 0..9; members 9.5, 8.5, 5 (tied with a non-member), 5, 2.5.
 NON = np.arange(10.0)
@@ -214,8 +228,19 @@ def test_full_audit_with_real_reference_models_is_reproducible_and_computed_as_s
     assert again.references["reused"] is True
     fresh = run_membership_audit(model, sites, cfg, references=spec, progress=False)
     assert fresh.references["reused"] is False
+    # a planted pickle in the cache is never unpickled: it is reported and replaced
+    marker = tmp_path / "ran"
+    cached = next(cache.glob("reference-*.npz"))
+    cached.write_bytes(pickle.dumps(_Plant(marker)))
+    replanted = run_membership_audit(model, sites, cfg, references=spec, cache_dir=cache,
+                                     progress=False)
+    assert not marker.exists() and replanted.references["reused"] is False
+    pickle.loads(pickle.dumps(_Plant(tmp_path / "proof")))  # the plant is real
+    assert (tmp_path / "proof").exists()
+    with np.load(cached) as z:
+        np.testing.assert_array_equal(z["losses"], ref)
     strip = [{k: v for k, v in r.items() if k != "epsilon_spent"} for r in first.rows]
-    for other in (again, fresh):  # same seed: the same reference models, the same table
+    for other in (again, fresh, replanted):  # same seed: the same reference models, the same table
         assert [{k: v for k, v in r.items() if k != "epsilon_spent"}
                 for r in other.rows] == strip
 
