@@ -343,11 +343,13 @@ class PrivacyLedger:
             )
         try:
             payload = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 text
             raise LedgerError(
                 f"privacy ledger {self.path} is unreadable ({exc}); it must not be deleted or "
                 "edited by hand - restore it from a backup"
             ) from exc
+        if not isinstance(payload, dict):
+            payload = {"format": type(payload).__name__}
         if payload.get("format") != FORMAT or payload.get("version") != VERSION:
             raise LedgerError(
                 f"{self.path} is not an EndoFed privacy ledger (format "

@@ -24,9 +24,9 @@ def read_ledger_summary(path: Path | str) -> dict[str, Any]:
         payload = json.loads(path.read_text())
     except FileNotFoundError:
         raise
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 text
         raise LedgerError(f"privacy ledger {path} is unreadable ({exc})") from exc
-    if payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise LedgerError(f"{path} is not an EndoFed privacy ledger")
     runs: dict[str, dict[str, Any]] = {}
     for r in payload.get("rounds", []):

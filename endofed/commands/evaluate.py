@@ -25,11 +25,15 @@ def run(args: argparse.Namespace) -> int:
     from endofed.shared.metrics.operating_point import at_threshold, from_checkpoint_extra
     from endofed.shared.metrics.report import write_evaluation_report
     from endofed.shared.model import load_model_checkpoint, read_checkpoint
+    from endofed.shared.model.weights import UnreadableFileError
     from endofed.simulations.central import pooled_records
 
     device = resolve_device(args.device)
-    model = load_model_checkpoint(args.checkpoint, map_location=device)
-    extra = read_checkpoint(args.checkpoint).get("extra", {})
+    try:  # weights_only: a file that holds anything but tensors and plain data is refused
+        model = load_model_checkpoint(args.checkpoint, map_location=device)
+        extra = read_checkpoint(args.checkpoint).get("extra", {})
+    except UnreadableFileError as exc:
+        raise SystemExit(f"endofed evaluate: {exc}") from None
     names = extra.get("class_names") or [
         f"class_{i}" for i in range(1, model.num_classes + 1)
     ]

@@ -26,7 +26,7 @@ RUN_CONFIG = {
 
 
 def _round_arrays(run_dir) -> dict[str, np.ndarray]:
-    payload = torch.load(run_dir / "checkpoints" / "round_001.pt", weights_only=False)
+    payload = torch.load(run_dir / "checkpoints" / "round_001.pt", weights_only=True)
     return {k: v.numpy() for k, v in payload["arrays"].items()}
 
 
@@ -40,7 +40,7 @@ def test_secagg_aggregate_matches_plain_fedavg(tmp_path):
                             run_name="secure", timeout=900).run_dir
     a, b = _round_arrays(plain), _round_arrays(secure)
     assert a.keys() == b.keys()
-    initial = torch.load(plain / "checkpoints" / "round_001.pt", weights_only=False)
+    initial = torch.load(plain / "checkpoints" / "round_001.pt", weights_only=True)
     assert initial["round"] == 1
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     # 3 sites, clipping range 8, 2**22 quantisation levels, weights n/10: errors ~1e-5
