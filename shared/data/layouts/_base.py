@@ -249,8 +249,12 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Decode a mask file to a boolean ``(H, W)`` array (see :func:`binarize_mask`)."""
-    return binarize_mask(_decode(path, cv2.IMREAD_UNCHANGED, "mask is not a decodable image"))
+    """Decode a mask file (as grey levels) to a boolean ``(H, W)`` array.
+
+    See :func:`binarize_mask` for the rule; a colour mask is read as its grey level.
+    """
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH  # 16-bit masks keep their values
+    return binarize_mask(_decode(path, flags, "mask is not a decodable image"))
 
 
 def boxes_from_mask(
