@@ -10,8 +10,11 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a trained model on images: JSON + overlay PNGs")
     p.add_argument("checkpoint", type=Path, help="model file (model.pt / final_model.pt)")
-    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("inputs", nargs="+", type=Path,
+                   help="images or folders (searched recursively; regular files only)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: <name>.json (+ <name>_overlay.png) per image, <name> "
+                   "its path inside the given folder; a taken name gets -2, -3, ...")
     p.add_argument("--score-thresh", type=float, default=0.3)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-overlay", action="store_true", help="JSON only")
