@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from endofed.client.site import SiteData, resolve_site
+from endofed.client.site import SiteConfigError, SiteData, resolve_site
 from endofed.privacy.dp import DPEngine
 from endofed.privacy.ledger import PrivacyLedger
 from endofed.shared.build import loader_for, model_for, train_val_datasets
@@ -78,7 +78,7 @@ def build_site_runtime(
     site = resolve_site(cfg, node_config, run_config)
     train_set, val_set = train_val_datasets(site.records, cfg)
     if len(train_set) == 0:
-        raise ValueError(
+        raise SiteConfigError(
             f"site {site.name}: no training images after the split "
             f"({len(site.records)} usable images in total)"
         )

@@ -29,8 +29,11 @@ from endofed.shared.data.synthetic import write_site
 log = logging.getLogger(__name__)
 
 
-class SiteConfigError(ValueError):
-    """The node's data configuration cannot work; the message says how to fix it."""
+class SiteConfigError(SiteDataError):
+    """The node's data configuration cannot work; the message says how to fix it.
+
+    A :class:`SiteDataError`, so a refusal reaches the server as "site data unusable".
+    """
 
 
 @dataclass
@@ -96,6 +99,16 @@ def ensure_synthetic_site(cfg: EndoFedConfig, partition_id: int) -> Path:
     return out
 
 
+def site_display_name(cfg: EndoFedConfig, node_config: Mapping[str, Any]) -> str:
+    """The name the site reports: node config ``site-name``, else ``site_<n>`` for a
+    simulated partition, else its folder's name."""
+    if cfg.site.site_name:
+        return cfg.site.site_name
+    if "partition-id" in node_config:
+        return f"site_{int(node_config['partition-id']) + 1}"
+    return Path(str(node_config.get("data-path", ""))).expanduser().name
+
+
 def resolve_site(
     cfg: EndoFedConfig, node_config: Mapping[str, Any], run_config: Mapping[str, Any]
 ) -> SiteData:
@@ -109,12 +122,12 @@ def resolve_site(
             )
         path = Path(str(node_config["data-path"])).expanduser()
         index = _scan(path, cfg)
-        name = cfg.site.site_name or path.name
-        return SiteData(name=name, records=index.records, index=index)
+        return SiteData(name=site_display_name(cfg, node_config), records=index.records,
+                        index=index)
 
     pid = int(node_config["partition-id"])
     num = int(node_config.get("num-partitions", 1))
-    name = cfg.site.site_name or f"site_{pid + 1}"
+    name = site_display_name(cfg, node_config)
     if "data-path" in node_config:  # a simulated node with its own folder
         index = _scan(Path(str(node_config["data-path"])), cfg)
         return SiteData(name=name, records=index.records, index=index)

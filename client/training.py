@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from endofed.client.runtime import SiteRuntime
+from endofed.privacy.accounting import PrivacyBudgetError
 from endofed.privacy.dp import StudyPlan, make_private
 from endofed.privacy.ledger import PrivacyLedger, ledger_path
 from endofed.privacy.reply_policy import private_reply_metrics
@@ -117,6 +118,12 @@ def local_train(
         metrics = _plain_round(rt, round_config)
     state = {k: v.detach().cpu().numpy() for k, v in trainable_state(rt.model).items()}
     return state, metrics
+
+
+def decline_metrics(exc: PrivacyBudgetError) -> dict[str, float]:
+    """The metrics of a declined round (as on every path): the ledger's spent/target."""
+    return {protocol.DECLINED: 1.0, protocol.NUM_EXAMPLES: 0.0,
+            protocol.EPSILON_SPENT: exc.spent, protocol.EPSILON_TARGET: exc.target}
 
 
 def local_evaluate(

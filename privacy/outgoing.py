@@ -24,9 +24,20 @@ The records and keys are those :mod:`endofed.shared.protocol` declares:
   envelope (empty ``"fitres.parameters"``, numeric ``"fitres.metrics"`` /
   ``"fitres.num_examples"``, ``"fitres.status"`` with an ``ok`` message).
 
-An exception raised by the ClientApp is logged in full on the site and answered with
-an error that names only the exception type: Flower would otherwise send
-``str(exception)`` to the server, and exception texts often hold file paths.
+Caps: a MetricRecord holds at most :data:`MAX_METRICS` entries, all declared names;
+``"fitres.num_examples"`` exactly ``{"num_examples"}``; SecAgg+ node-id lists name
+only the nodes the request named (a list of integers could otherwise carry pixels);
+every string that leaves is a declared name, the site's name (at most 128 printable
+characters) or a fixed status.
+
+Errors are audited too. An exception raised by the ClientApp is logged in full on the
+site and answered with an error naming only its category
+(:data:`~endofed.privacy.reply_policy.REFUSAL_CATEGORIES`, e.g. "site data unusable"):
+Flower would otherwise send ``str(exception)`` to the server, and exception texts often
+hold file paths. An error *returned* by a handler passes only if its reason is in the
+:func:`~endofed.privacy.reply_policy.refusal_reason` format; any other reason is logged
+on the site and replaced by "site failed". The audit's own refusals name the record and
+key only when they are declared names (an undeclared one is shown by its length).
 
 The audit protects against *accidental* leaks by EndoFed's own code (a debugging
 image in a reply, a path in a metric); code running in the ClientApp process could
@@ -57,7 +68,15 @@ from flwr.app import (
 from flwr.common import bytes_to_ndarray
 from flwr.common.constant import ErrorCode
 
-from endofed.privacy.reply_policy import DP_REPORTABLE_METRICS
+from endofed.privacy.reply_policy import (
+    AUDIT_REFUSED,
+    DP_REPORTABLE_METRICS,
+    SITE_FAILED,
+    parse_refusal,
+    refusal_category,
+    refusal_reason,
+    valid_site_name,
+)
 from endofed.shared import protocol
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.metrics import MetricAccumulator
@@ -89,6 +108,18 @@ _OK_STATUS_MESSAGES = {"ok", "success", ""}
 # Largest single protocol blob a SecAgg+ stage may send (keys and encrypted shares of
 # 32-byte secrets are a few hundred bytes; an image is tens of kilobytes).
 MAX_SECAGG_BLOB = 4096
+#: Most entries a metric record may hold (the protocol declares fewer train metrics).
+MAX_METRICS = 32
+#: Most nodes a SecAgg+ id list may name.
+MAX_SECAGG_NODES = 1024
+#: Names the audit may repeat in the refusal the server gets (undeclared ones it won't).
+PROTOCOL_NAMES = frozenset({
+    ARRAYS_KEY, STATE_KEY, METRICS_KEY, SITE_KEY, SITE_NAME_KEY, SECAGG_KEY,
+    FITRES_PARAMETERS, FITRES_METRICS, FITRES_NUM_EXAMPLES, FITRES_STATUS, "num_examples",
+    "code", "message", "pk1", "pk2", "dsts", "ctxts", "nids", "shares", "masked_params",
+}) | DECLARED_METRICS
+_ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items()
+                         if k.isupper() and isinstance(v, int))
 
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,79}$")
 AUDIT_ERROR_CODE = ErrorCode.MOD_FAILED_PRECONDITION
@@ -104,6 +135,20 @@ class OutgoingViolation(ValueError):
         where = f"{record!r}" if key is None else f"{record!r}[{key!r}]"
         super().__init__(f"{where}: {reason}")
 
+    def public(self, known: frozenset[str] | set[str] = PROTOCOL_NAMES) -> str:
+        """The refusal for the server: names only if ``known`` (declared), else lengths."""
+        where = _shown(self.record, known)
+        if self.key is not None:
+            where += f"[{_shown(self.key, known)}]"
+        return f"{where}: {self.reason}"
+
+
+def _shown(name: object, known: frozenset[str] | set[str]) -> str:
+    text = str(name)
+    if text in known or re.fullmatch(r"masked_params\[\d{1,5}\]", text):
+        return repr(text)
+    return f"<undeclared name of {len(text)} characters>"
+
 
 @dataclass(frozen=True)
 class OutgoingPolicy:
@@ -113,6 +158,10 @@ class OutgoingPolicy:
     metric_state: Mapping[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype kind)
     metrics: frozenset[str] = DECLARED_METRICS
     """Metric names the site may send (a DP site: only the DP-reportable ones)."""
+
+    def known_names(self) -> frozenset[str]:
+        """Every name a refusal may repeat: protocol names, weight and state keys."""
+        return PROTOCOL_NAMES | frozenset(self.weights) | frozenset(self.metric_state)
 
     @classmethod
     def from_config(cls, cfg: EndoFedConfig) -> OutgoingPolicy:
@@ -202,12 +251,16 @@ def _audit_metric_state(name: str, record: ArrayRecord, policy: OutgoingPolicy) 
             raise OutgoingViolation(name, key, f"dtype {value.dtype} is not {kind}")
 
 
-def _audit_numeric(
-    name: str, record: Mapping[str, Any], allowed: frozenset[str] | None = None
-) -> None:
+def _audit_numeric(name: str, record: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    if len(record) > MAX_METRICS:
+        raise OutgoingViolation(
+            name, None, f"{len(record)} entries exceed the cap of {MAX_METRICS} metrics"
+        )
     for key, value in record.items():
         _check_key(name, key)
-        if allowed is not None and key not in allowed:
+        if key not in allowed:
+            if name == FITRES_NUM_EXAMPLES:
+                raise OutgoingViolation(name, key, "only 'num_examples' is allowed here")
             if key not in DECLARED_METRICS:
                 reason = ("not a metric endofed.shared.protocol declares (declare it there, "
                           "with its meaning, before a site may send it)")
@@ -256,21 +309,46 @@ def _blobs(name: str, key: str, value: Any) -> list[bytes]:
     return values
 
 
-def _int_list(name: str, key: str, value: Any) -> list[int]:
+def _int_list(name: str, key: str, value: Any, allowed: set[int] | None) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
         raise OutgoingViolation(name, key, "expected a list of node ids")
+    if len(value) > MAX_SECAGG_NODES or len(set(value)) != len(value):
+        raise OutgoingViolation(name, key, f"{len(value)} node ids, not distinct or more "
+                                f"than {MAX_SECAGG_NODES}")  # fmt: skip
+    if allowed is not None and not set(value) <= allowed:
+        raise OutgoingViolation(name, key, "names nodes the request did not name")
     return value
 
 
-def _audit_secagg(name: str, record: ConfigRecord, policy: OutgoingPolicy) -> None:
-    """One SecAgg+ stage reply (see ``flwr.client.mod.secaggplus_mod``)."""
+def _request_nodes(request: Message | None) -> set[int] | None:
+    """The node ids a SecAgg+ request named (neighbours' keys, active/dead lists)."""
+    if request is None or not request.has_content():
+        return None
+    configs = request.content.config_records.get(SECAGG_KEY)
+    if configs is None:
+        return set()
+    nodes = {int(k) for k in configs if k.isdigit()}
+    for key in ("active_node_id_list", "dead_node_id_list"):
+        value = configs.get(key)
+        if isinstance(value, list):
+            nodes |= {v for v in value if isinstance(v, int)}
+    return nodes
+
+
+def _audit_secagg(
+    name: str, record: ConfigRecord, policy: OutgoingPolicy, request: Message | None = None
+) -> None:
+    """One SecAgg+ stage reply (see ``flwr.client.mod.secaggplus_mod``).
+
+    With the ``request`` the node-id lists are checked against the nodes it named.
+    """
     keys = set(record)
     if keys == {"pk1", "pk2"}:  # setup
         for key in keys:
             _blobs(name, key, record[key])
     elif keys == {"dsts", "ctxts"} or keys == {"nids", "shares"}:  # share keys / unmask
         ids_key, blob_key = ("dsts", "ctxts") if "dsts" in keys else ("nids", "shares")
-        ids = _int_list(name, ids_key, record[ids_key])
+        ids = _int_list(name, ids_key, record[ids_key], _request_nodes(request))
         blobs = _blobs(name, blob_key, record[blob_key])
         if len(ids) != len(blobs):
             raise OutgoingViolation(name, blob_key, f"{len(blobs)} blobs for {len(ids)} nodes")
@@ -293,8 +371,13 @@ def _audit_secagg(name: str, record: ConfigRecord, policy: OutgoingPolicy) -> No
         raise OutgoingViolation(name, None, f"unknown SecAgg+ reply keys {sorted(keys)}")
 
 
-def audit_content(content: RecordDict, policy: OutgoingPolicy) -> None:
-    """Raise :class:`OutgoingViolation` unless every record of ``content`` is allowed."""
+def audit_content(
+    content: RecordDict, policy: OutgoingPolicy, request: Message | None = None
+) -> None:
+    """Raise :class:`OutgoingViolation` unless every record of ``content`` is allowed.
+
+    ``request`` (the message being answered) bounds the SecAgg+ node-id lists.
+    """
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             if name == ARRAYS_KEY:
@@ -308,7 +391,8 @@ def audit_content(content: RecordDict, policy: OutgoingPolicy) -> None:
         elif isinstance(record, MetricRecord):
             if name not in (METRICS_KEY, FITRES_NUM_EXAMPLES):
                 raise OutgoingViolation(name, None, "unexpected MetricRecord")
-            _audit_numeric(name, record, policy.metrics if name == METRICS_KEY else None)
+            allowed = policy.metrics if name == METRICS_KEY else frozenset({"num_examples"})
+            _audit_numeric(name, record, allowed)
         elif isinstance(record, ConfigRecord):
             if name == SITE_KEY:
                 _audit_site(name, record)
@@ -317,7 +401,7 @@ def audit_content(content: RecordDict, policy: OutgoingPolicy) -> None:
             elif name == FITRES_STATUS:
                 _audit_status(name, record)
             elif name == SECAGG_KEY:
-                _audit_secagg(name, record, policy)
+                _audit_secagg(name, record, policy, request)
             else:
                 raise OutgoingViolation(name, None, "unexpected ConfigRecord")
         else:  # pragma: no cover - flwr has no other record type in 1.41
@@ -328,27 +412,53 @@ def _refuse(msg: Message, reason: str, code: int = AUDIT_ERROR_CODE) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
+def _site_name(context: Context, reply: Message | None = None) -> str | None:
+    """The site's display name for an error: its reply's (if valid), else its node config's."""
+    if reply is not None and not reply.has_error() and reply.has_content():
+        site = reply.content.config_records.get(SITE_KEY)
+        if site is not None and valid_site_name(site.get(SITE_NAME_KEY)):
+            return str(site[SITE_NAME_KEY])
+    name = context.node_config.get(SITE_NAME_KEY)
+    return str(name) if valid_site_name(name) else None
+
+
+def _audit_error(msg: Message, reply: Message, context: Context) -> Message:
+    """An error reply passes only in the refusal format, with a known error code."""
+    error = reply.error
+    refusal = parse_refusal(error.reason)
+    if refusal is not None and error.code in _ERROR_CODES:
+        return reply
+    logger.error("outgoing audit replaced the reason of an error reply (code %r): %r",
+                 error.code, error.reason)  # fmt: skip
+    return _refuse(msg, refusal_reason(SITE_FAILED, _site_name(context)),
+                   ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+
+
 def outgoing_audit_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
     """Flower mod: pass the reply only if everything in it may leave the site."""
     try:
         reply = call_next(msg, context)
     except Exception as exc:
-        logger.exception("ClientApp raised %s; the server gets only the type",
-                         type(exc).__name__)  # fmt: skip
-        return _refuse(
-            msg,
-            f"ClientApp raised {type(exc).__name__} (details in the site's log)",
-            ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-        )
-    if reply.has_error() or not reply.has_content():
+        category = refusal_category(exc)
+        logger.exception("ClientApp raised %s; the server gets only its category (%s)",
+                         type(exc).__name__, category)  # fmt: skip
+        return _refuse(msg, refusal_reason(category, _site_name(context)),
+                       ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+    if reply.has_error():
+        return _audit_error(msg, reply, context)
+    if not reply.has_content():
         return reply
+    policy: OutgoingPolicy | None = None
     try:
         policy = policy_for(context.run_config, context.node_config)
-        audit_content(reply.content, policy)
+        audit_content(reply.content, policy, request=msg)
     except OutgoingViolation as exc:
         logger.error("outgoing audit refused a %s reply: %s", msg.metadata.message_type, exc)
-        return _refuse(msg, f"outgoing audit refused the reply: {exc}")
+        known = policy.known_names() if policy is not None else PROTOCOL_NAMES
+        return _refuse(msg, refusal_reason(AUDIT_REFUSED, _site_name(context, reply),
+                                           exc.public(known)))  # fmt: skip
     except Exception as exc:  # the policy itself could not be built: fail closed
         logger.exception("outgoing audit could not check the reply")
-        return _refuse(msg, f"outgoing audit failed ({type(exc).__name__}); reply withheld")
+        return _refuse(msg, refusal_reason(AUDIT_REFUSED, _site_name(context),
+                                           f"audit failed ({refusal_category(exc)})"))
     return reply

@@ -2,6 +2,11 @@
 
 Each check is a function ``(message, expected_shapes) -> reason | None`` in a list;
 the first reason found rejects the reply, which is logged and never aggregated.
+
+A site that refuses or fails a round answers with an error whose reason is a category
+and its display name (:func:`endofed.privacy.reply_policy.refusal_reason`): the server
+records e.g. "refused: site data unusable" under the site's name. Everything else
+(the path, the exception) stays in the site's own log.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
+from endofed.privacy.reply_policy import BUDGET_EXHAUSTED, parse_refusal
 from endofed.shared import protocol
 
 log = logging.getLogger(__name__)
@@ -21,6 +27,7 @@ ARRAYS_KEY = protocol.ARRAYS
 METRICS_KEY = protocol.METRICS
 SITE_KEY = protocol.SITE
 DECLINED_KEY = protocol.DECLINED
+DECLINED_REASON = f"declined: {BUDGET_EXHAUSTED}"
 
 
 @dataclass
@@ -34,13 +41,37 @@ class ScreenedReply:
 
 
 def site_of(msg: Message) -> str:
-    """The site name a reply declares (falls back to its node id)."""
+    """The site name a reply declares (an error: the name its refusal carries), else
+    ``node-<id>``."""
+    if msg.has_error():
+        refusal = parse_refusal(msg.error.reason, allow_detail=True)
+        if refusal is not None and refusal.site is not None:
+            return refusal.site
+        return f"node-{msg.metadata.src_node_id}"
     try:
-        if msg.has_error():
-            raise KeyError
         return str(msg.content[SITE_KEY][protocol.SITE_NAME])
     except KeyError:
         return f"node-{msg.metadata.src_node_id}"
+
+
+def error_reason(msg: Message) -> str:
+    """What the server records for an error reply (see :func:`describe_error`)."""
+    return describe_error(msg.error.reason)
+
+
+def describe_error(reason: str | None) -> str:
+    """What the server records for an error reason.
+
+    A site's refusal: ``declined: privacy budget exhausted`` or ``refused: <category>``
+    (with the outgoing audit's detail, if any); an error made by Flower itself (a node
+    that went offline...): ``client error: <reason>``.
+    """
+    refusal = parse_refusal(reason, allow_detail=True)
+    if refusal is None:
+        return f"client error: {reason}"
+    if refusal.declined:
+        return DECLINED_REASON
+    return f"refused: {refusal.category}" + (f" ({refusal.detail})" if refusal.detail else "")
 
 
 Check = Callable[[Message, Mapping[str, tuple[int, ...]]], str | None]
@@ -48,14 +79,14 @@ Check = Callable[[Message, Mapping[str, tuple[int, ...]]], str | None]
 
 def _error(msg: Message, expected: Mapping[str, tuple[int, ...]]) -> str | None:
     if msg.has_error():
-        return f"client error: {msg.error.reason}"
+        return error_reason(msg)
     return None
 
 
 def _declined(msg: Message, expected: Mapping[str, tuple[int, ...]]) -> str | None:
     metrics = msg.content.metric_records.get(METRICS_KEY)
     if metrics is not None and float(metrics.get(DECLINED_KEY, 0)) > 0:
-        return "declined: privacy budget exhausted"
+        return DECLINED_REASON
     return None
 
 

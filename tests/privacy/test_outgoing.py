@@ -14,6 +14,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     Metadata,
     MetricRecord,
@@ -30,6 +31,14 @@ from endofed.privacy.outgoing import (
     audit_content,
     outgoing_audit_mod,
     policy_for,
+)
+from endofed.privacy.reply_policy import (
+    AUDIT_REFUSED,
+    DATA_UNUSABLE,
+    SITE_FAILED,
+    Refusal,
+    parse_refusal,
+    refusal_reason,
 )
 from endofed.shared.metrics.accumulator import MetricAccumulator
 from endofed.shared.model import trainable_state
@@ -122,8 +131,12 @@ def test_injected_image_tensor_is_refused(context: Context, caplog) -> None:
     app = _audited(train=_tamper(client_app.train, add_image))
     with caplog.at_level("ERROR", logger="endofed.privacy.outgoing"):
         reason = _refusal(app(_incoming(context, "train"), context))
-    assert "debug-frame" in reason and "not a trainable weight" in reason
+    assert "not a trainable weight" in reason and "'arrays'" in reason
+    # an undeclared name reaches the server only as its length; the site's log has it
+    assert "debug-frame" not in reason and "undeclared name of 11 characters" in reason
     assert any("debug-frame" in r.getMessage() for r in caplog.records)
+    assert parse_refusal(reason, allow_detail=True) == Refusal(
+        AUDIT_REFUSED, "hospital-a", reason.split(": ", 1)[1].rsplit(" (details", 1)[0])
 
 
 def test_image_shaped_like_chw_under_a_weight_name_is_refused(context: Context) -> None:
@@ -152,23 +165,30 @@ def test_extra_array_in_metric_state_and_extra_record_are_refused(context: Conte
 
     reason = _refusal(_audited(evaluate=_tamper(client_app.evaluate, extra_state))(
         _incoming(context, "evaluate"), context))  # fmt: skip
-    assert "per_image_scores" in reason
+    assert "'metric-state'[<undeclared name of 16 characters>]" in reason
 
     def extra_record(content: RecordDict) -> None:
         content["embeddings"] = ArrayRecord({"e": Array(np.zeros((2, 8), np.float32))})
 
     reason = _refusal(_audited(evaluate=_tamper(client_app.evaluate, extra_record))(
         _incoming(context, "evaluate"), context))  # fmt: skip
-    assert "embeddings" in reason
+    assert "<undeclared name of 10 characters>[" in reason
+    assert "unexpected ArrayRecord" in reason and "embeddings" not in reason
 
 
 @pytest.mark.parametrize(
     ("record", "value", "message"),
     [
         ("site", ConfigRecord({"site-name": "/data/hospital_a/images"}), "looks like a path"),
-        ("site", ConfigRecord({"site-name": "a", "data-path": "x"}), "data-path"),
-        ("metrics", MetricRecord({"num-examples": 4, "scores": [0.1, 0.9]}), "scores"),
-        ("debug", ConfigRecord({"image": "C:\\scans\\patient_0042.png"}), "debug"),
+        ("site", ConfigRecord({"site-name": "a", "data-path": "x"}), "only 'site-name'"),
+        ("metrics", MetricRecord({"num-examples": 4, "scores": [0.1, 0.9]}),
+         "not a metric endofed.shared.protocol declares"),
+        ("debug", ConfigRecord({"image": "C:\\scans\\patient_0042.png"}),
+         "unexpected ConfigRecord"),
+        # the record's *name* is the leak: the old audit repeated it to the server
+        ("/data/hospital_a/patient_0042", ConfigRecord({"x": "y"}), "unexpected ConfigRecord"),
+        ("site", ConfigRecord({"site-name": "a", "/data/hospital_a/patient_0042": "x"}),
+         "only 'site-name'"),
     ],
 )
 def test_paths_ids_and_lists_in_metric_or_config_records_are_refused(
@@ -189,7 +209,113 @@ def test_exception_text_does_not_leave_the_site(context: Context) -> None:
 
     reply = _audited(train=crash)(_incoming(context, "train"), context)
     assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-    assert "FileNotFoundError" in reply.error.reason
+    assert reply.error.reason == refusal_reason(SITE_FAILED, "hospital-a")
+
+
+def test_an_exception_class_name_does_not_leave_the_site(context: Context) -> None:
+    """The old audit sent the exception's type name, which code can make anything."""
+    leaky = type("Patient_0042_at_data_hospital_a", (Exception,), {})
+
+    def crash(msg: Message, ctx: Context) -> Message:
+        raise leaky("x")
+
+    reply = _audited(train=crash)(_incoming(context, "train"), context)
+    assert "0042" not in reply.error.reason
+    assert parse_refusal(reply.error.reason) == Refusal(SITE_FAILED, "hospital-a")
+
+
+@pytest.mark.parametrize("code", [ErrorCode.CLIENT_APP_RAISED_EXCEPTION, 123456789])
+def test_an_error_reply_returned_by_a_handler_is_audited(
+    context: Context, caplog, code: int
+) -> None:
+    """A handler's own Error passed unaudited before: its reason could carry anything."""
+
+    def leaky(msg: Message, ctx: Context) -> Message:
+        return Message(Error(code=code, reason="/data/hospital_a/patient_0042/frame_17.png"),
+                       reply_to=msg)
+
+    with caplog.at_level("ERROR", logger="endofed.privacy.outgoing"):
+        reply = _audited(train=leaky)(_incoming(context, "train"), context)
+    assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert reply.error.reason == refusal_reason(SITE_FAILED, "hospital-a")
+    assert any("patient_0042" in r.getMessage() for r in caplog.records)  # kept at the site
+
+    def refusing(msg: Message, ctx: Context) -> Message:  # the refusal format passes
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             reason=refusal_reason(DATA_UNUSABLE, "hospital-a")),
+                       reply_to=msg)
+
+    reply = _audited(train=refusing)(_incoming(context, "train"), context)
+    assert reply.error.reason == refusal_reason(DATA_UNUSABLE, "hospital-a")
+    # ... but not with a free-text detail, nor with a path as the site's name
+    for reason in (refusal_reason(DATA_UNUSABLE, "a", detail="/data/hospital_a"),
+                   "site data unusable (details in the site's log) [site: /data/hospital_a]"):
+        def handler(msg: Message, ctx: Context, reason: str = reason) -> Message:
+            return Message(Error(code=0, reason=reason), reply_to=msg)
+
+        reply = _audited(train=handler)(_incoming(context, "train"), context)
+        assert reply.error.reason == refusal_reason(SITE_FAILED, "hospital-a")
+
+
+def test_300_pixel_values_do_not_leave_as_metrics(context: Context) -> None:
+    """``px0`` ... ``px299`` passed in the legacy ``fitres.num_examples`` record before."""
+    policy = policy_for(context.run_config, context.node_config)
+    pixels = {f"px{i}": float(v) for i, v in enumerate(range(300))}
+    with pytest.raises(OutgoingViolation, match="exceed the cap of 32"):
+        audit_content(RecordDict({"fitres.num_examples": MetricRecord(pixels)}), policy)
+    with pytest.raises(OutgoingViolation, match="exceed the cap of 32"):
+        audit_content(RecordDict({"metrics": MetricRecord(pixels)}), policy)
+    with pytest.raises(OutgoingViolation, match="only 'num_examples'"):
+        audit_content(RecordDict({"fitres.num_examples": MetricRecord(
+            {"num_examples": 4, "px0": 0.5})}), policy)  # fmt: skip
+    with pytest.raises(OutgoingViolation, match="exceed the cap of 32"):
+        audit_content(RecordDict({"fitres.metrics": ConfigRecord(pixels)}), policy)
+    audit_content(RecordDict({"fitres.num_examples": MetricRecord({"num_examples": 4})}),
+                  policy)  # fmt: skip
+
+
+def test_secagg_node_ids_are_only_the_nodes_the_request_named(context: Context) -> None:
+    """A list of 'node ids' is a list of integers: it could carry pixel values."""
+    policy = policy_for(context.run_config, context.node_config)
+    request = _incoming(context, "train")
+    request.content["secaggplus_configs"] = ConfigRecord(
+        {"11": [b"pk1-a", b"pk2-a"], "12": [b"pk1-b", b"pk2-b"], "7": [b"a", b"b"]}
+    )
+    ok = RecordDict({"secaggplus_configs": ConfigRecord(
+        {"dsts": [11, 12], "ctxts": [b"c" * 100, b"d" * 100]})})  # fmt: skip
+    audit_content(ok, policy, request=request)
+    pixels = list(range(100, 400))
+    leak = RecordDict({"secaggplus_configs": ConfigRecord(
+        {"dsts": pixels, "ctxts": [b"c"] * len(pixels)})})  # fmt: skip
+    with pytest.raises(OutgoingViolation, match="did not name"):
+        audit_content(leak, policy, request=request)
+    with pytest.raises(OutgoingViolation, match="not distinct"):
+        audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
+            {"dsts": [11, 11], "ctxts": [b"c", b"c"]})}), policy, request=request)  # fmt: skip
+    unmask = _incoming(context, "train")
+    unmask.content["secaggplus_configs"] = ConfigRecord(
+        {"active_node_id_list": [11, 7], "dead_node_id_list": [12]})
+    audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
+        {"nids": [11, 7, 12], "shares": [b"s"] * 3})}), policy, request=unmask)  # fmt: skip
+    with pytest.raises(OutgoingViolation, match="did not name"):
+        audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
+            {"nids": [11, 99], "shares": [b"s"] * 2})}), policy, request=unmask)  # fmt: skip
+
+
+def test_the_client_app_names_the_category_and_the_site_never_the_path(tmp_path: Path) -> None:
+    """The real ClientApp on a site whose folder is missing: the server gets a category."""
+    missing = tmp_path / "patient_0042_scans"
+    node = {"data-path": str(missing), "site-name": "hosp-bad"}
+    ctx = Context(run_id=1, node_id=9, node_config=node, state=RecordDict(),
+                  run_config=dict(RUN_CONFIG))  # fmt: skip
+    meta = Metadata(run_id=1, message_id="m-x", src_node_id=0, dst_node_id=9,
+                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600.0,
+                    message_type="train")  # fmt: skip
+    request = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
+                      metadata=meta)
+    reply = client_app.app(request, ctx)
+    assert reply.has_error()
+    assert reply.error.reason == refusal_reason(DATA_UNUSABLE, "hosp-bad")
     assert "patient_0042" not in reply.error.reason
 
 

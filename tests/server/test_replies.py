@@ -7,13 +7,21 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Error,
     Message,
     Metadata,
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import ErrorCode
 
-from endofed.server.replies import screen_train_replies
+from endofed.privacy.reply_policy import (
+    AUDIT_REFUSED,
+    BUDGET_EXHAUSTED,
+    DATA_UNUSABLE,
+    refusal_reason,
+)
+from endofed.server.replies import DECLINED_REASON, screen_train_replies, site_of
 
 SHAPES = {"w": (2, 3), "b": (3,)}
 
@@ -75,3 +83,42 @@ def test_declined_reply_is_flagged_not_rejected():
     declined = received_reply(content)
     valid, screened = screen_train_replies([declined], SHAPES)
     assert not valid and screened[0].declined and screened[0].site == "tight-budget"
+
+
+def _error_reply(reason: str, code: int = ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                 src_node_id: int = 5) -> Message:
+    meta = Metadata(
+        run_id=1, message_id="m-2", src_node_id=src_node_id, dst_node_id=0,
+        reply_to_message_id="q-2", group_id="1", created_at=time.time(), ttl=60.0,
+        message_type="train",
+    )
+    return Message(Error(code=code, reason=reason), metadata=meta)
+
+
+def test_a_sites_refusal_is_recorded_by_category_under_its_name():
+    """The server learns 'site data unusable' and the site's name, not ``node-<id>``."""
+    bad = _error_reply(refusal_reason(DATA_UNUSABLE, "hosp-bad"))
+    valid, screened = screen_train_replies([_good(), bad], SHAPES)
+    assert len(valid) == 1
+    assert screened[0].site == "hosp-bad" and screened[0].reason == "refused: site data unusable"
+    assert not screened[0].declined
+
+
+def test_a_budget_refusal_as_an_error_is_a_decline():
+    refusal = _error_reply(refusal_reason(BUDGET_EXHAUSTED, "oslo"))
+    _, screened = screen_train_replies([refusal], SHAPES)
+    assert screened[0].declined and screened[0].reason == DECLINED_REASON
+    assert screened[0].site == "oslo"
+
+
+def test_an_audit_refusal_keeps_its_detail_and_flower_errors_their_text():
+    audit = _error_reply(refusal_reason(AUDIT_REFUSED, "a", "'arrays': not a weight"),
+                         ErrorCode.MOD_FAILED_PRECONDITION)
+    offline = _error_reply("Node 5 is offline", ErrorCode.NODE_UNAVAILABLE, src_node_id=0)
+    _, screened = screen_train_replies([audit, offline], SHAPES)
+    assert screened[0].reason == ("refused: outgoing audit refused the reply "
+                                  "('arrays': not a weight)")
+    assert screened[1].reason == "client error: Node 5 is offline"
+    assert screened[1].site == "node-0"  # no name: the loop maps the node id
+    assert site_of(_error_reply("site failed (details in the site's log) [site: /etc]")) \
+        == "node-5"  # a path is never taken for a name

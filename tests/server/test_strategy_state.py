@@ -339,7 +339,7 @@ def test_secure_aggregation_refuses_what_it_would_skip():
 
 def test_min_available_relaxes_through_a_dp_wrapper(tmp_path):
     cfg = _run_cfg(tmp_path, "relax", strategy="fedadam", central_dp="server-adaptive",
-                   round_timeout=0.0)
+                   round_timeout=0.01)  # > 0: the config refuses 0
     run = FederatedRun(cfg, FakeGrid(nodes=(1, 2)), run_config={})
     run._rounds_run = 1  # after the first round a missing site is not waited for
     run._relax_min_available(2, floor=2)
