@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         audit_sites.append(AuditSite(name, members, non_members))
     if not audit_sites:
-        print(f"error: no site could be audited ({', '.join(skipped)})", file=sys.stderr)
-        return 1
+        raise SystemExit(f"endofed audit: no site could be audited ({', '.join(skipped)}); "
+                         "each needs training and held-out images")
 
     epsilon, eps_source = run_epsilon(run_dir)
     try:
