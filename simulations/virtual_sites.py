@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from endofed.shared.config import EndoFedConfig
-from endofed.shared.data.layouts._base import MANIFEST_NAME
+from endofed.shared.data.layouts._base import MANIFEST_NAME, SITE_SETTINGS_NAME
 from endofed.shared.data.partition import partition
 from endofed.shared.data.sample import SampleRecord
 from endofed.shared.data.site import load_sample
@@ -132,6 +132,22 @@ def write_site_manifest(
                          "xmax": repr(float(box[2])), "ymax": repr(float(box[3])),
                          "morphology": morph or ""})
     pd.DataFrame(rows, columns=_MANIFEST_COLUMNS).to_csv(site_dir / MANIFEST_NAME, index=False)
+    _write_allowed_roots(site_dir, rows)
+
+
+def _write_allowed_roots(site_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Let the virtual site read the source folders its manifest points into.
+
+    A site's annotations may name files only inside its folder or an ``allowed-roots``
+    folder of its settings file; a virtual hospital references the original images.
+    """
+    roots = sorted({
+        str(Path(v).parent) for r in rows for v in (r["image"], r["mask"])
+        if v and Path(v).is_absolute()
+    })
+    if roots:
+        lines = ",\n".join(f"    {json.dumps(r)}" for r in roots)
+        (site_dir / SITE_SETTINGS_NAME).write_text(f"allowed-roots = [\n{lines},\n]\n")
 
 
 def _write_sites(spec: ExperimentSpec, cfg: EndoFedConfig, staging: Path) -> dict[str, Any]:

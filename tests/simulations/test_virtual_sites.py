@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import numpy as np
 
-from endofed.shared.data.site import load_sample
+from endofed.shared.data.site import load_sample, scan_site
 from endofed.simulations.virtual_sites import flower_site_names, materialize_sites
 
 
@@ -56,3 +59,18 @@ def test_no_staging_folder_is_left_behind(tmp_path, tiny_spec):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sites", "source"]
     assert sorted(p.name for p in (tmp_path / "sites").iterdir()) == [
         "site_1", "site_2", "sites.json"]
+
+
+def test_virtual_site_folders_can_read_the_originals_they_point_at(tmp_path, tiny_spec):
+    """A virtual hospital's manifest names the source images; its settings file allows
+    exactly those folders, so the site scan (which refuses paths outside a site folder)
+    reads every record."""
+    spec = tiny_spec(tmp_path, images_per_site=4)
+    sites = materialize_sites(spec, spec.config(0))
+    for s in sites:
+        folder = tmp_path / "sites" / s.name
+        index = scan_site(folder)
+        assert len(index.records) == len(s.records)
+        assert not index.report.problems
+        allowed = tomllib.loads((folder / "endofed-site.toml").read_text())["allowed-roots"]
+        assert all(Path(a).is_relative_to(tmp_path / "source") for a in allowed)
