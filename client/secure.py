@@ -5,10 +5,16 @@ carry the SecAgg+ protocol record, so the same ClientApp serves plain and secure
 runs. In the masked-vector stage the mod calls the ClientApp with a legacy ``FitIns``
 message and expects a legacy ``FitRes`` reply: :func:`legacy_train_reply` adapts the
 one training path (:func:`endofed.client.training.local_train`) to that format.
+
+A site whose privacy budget does not allow the round declines it as on the plain
+path: its ``FitRes`` carries ``num_examples = 0`` and the decline metrics, and its
+masked vector is the zero update (secaggplus_mod weights it by ``num_examples``), so the
+SecAgg+ protocol completes for everybody else and the server reads the decline.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,7 +26,11 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
 
+from endofed.client.training import decline_metrics
+from endofed.privacy.accounting import PrivacyBudgetError
 from endofed.shared import protocol
+
+log = logging.getLogger(__name__)
 
 
 def secagg_when_requested(
@@ -49,7 +59,14 @@ def legacy_train_reply(
         raise ValueError(
             f"secure round sent {len(values)} arrays, this site's model has {len(names)}"
         )
-    state, metrics = train(dict(zip(names, values)), dict(fitins.config))
+    config = dict(fitins.config)
+    try:
+        state, metrics = train(dict(zip(names, values)), config)
+    except PrivacyBudgetError as exc:
+        log.warning("declining secure round %s: %s", config.get(protocol.SERVER_ROUND), exc)
+        # Zero weight: the masked vector adds nothing to the sum or to the weights.
+        state = {n: np.zeros_like(v) for n, v in zip(names, values)}
+        metrics = decline_metrics(exc)
     fitres = FitRes(
         status=Status(code=Code.OK, message="ok"),
         parameters=ndarrays_to_parameters([state[n] for n in names]),

@@ -22,8 +22,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from endofed.privacy.reply_policy import parse_refusal
 from endofed.server.evaluation import merge_evaluation_replies
-from endofed.server.replies import METRICS_KEY, screen_train_replies, site_of
+from endofed.server.replies import (
+    DECLINED_KEY,
+    DECLINED_REASON,
+    METRICS_KEY,
+    describe_error,
+    screen_train_replies,
+    site_of,
+)
 from endofed.server.report import render_run_report
 from endofed.server.run_state import (
     BEST_MODEL,
@@ -79,21 +87,30 @@ def study_id(run_dir: Path) -> str:
     return sid
 
 
+#: Strategies that run under SecAgg+: FedAvg of the masked sum (FedProx adds only the
+#: sites' proximal term, sent in the round config).
+SECURE_STRATEGIES = ("fedavg", "fedprox")
+
+
 def check_secure_aggregation(cfg: EndoFedConfig) -> None:
     """SecAgg+ rounds aggregate with SecAgg+'s own FedAvg: refuse what it would skip.
 
-    The configured strategy and a central-DP wrapper never see a secure round's
-    updates, so asking for them together with ``secagg`` is an error, not a no-op.
+    Called before round 1. Robust aggregators (median, trimmed mean, Krum) and central
+    DP need each site's update, which SecAgg+ hides by design; the server-side
+    optimisers are not wired to the secure sum. Asking for them together with
+    ``secagg`` is an error, not a silent FedAvg.
     """
     if not cfg.privacy.secagg:
         return
-    dp = cfg.privacy.central_dp.lower()
-    if cfg.federation.strategy.lower() != "fedavg" or dp not in ("", "none"):
+    strategy, dp = cfg.federation.strategy.lower(), cfg.privacy.central_dp.lower()
+    if strategy not in SECURE_STRATEGIES or dp not in ("", "none"):
         raise ConfigError(
-            "config key 'secagg': secure aggregation sums the updates with FedAvg and "
-            "nothing else sees them, so it needs strategy=fedavg and central-dp=none "
-            f"(got strategy={cfg.federation.strategy!r}, "
-            f"central-dp={cfg.privacy.central_dp!r})"
+            f"config key 'secagg': secure aggregation runs with strategy "
+            f"{' or '.join(SECURE_STRATEGIES)} and central-dp=none (got "
+            f"strategy={cfg.federation.strategy!r}, central-dp={cfg.privacy.central_dp!r}); "
+            "robust aggregators and central DP need each site's update, which SecAgg+ "
+            "hides, and server-side optimisers do not run on the secure sum. Use secagg "
+            "with fedavg/fedprox (and per-site dp-epsilon), or turn secagg off"
         )
 
 
@@ -186,12 +203,30 @@ class FederatedRun:
     ) -> tuple[ArrayRecord, dict[str, dict[str, float]]]:
         assert self.secure is not None
         new_arrays, per_node = self.secure.run_round(server_round, arrays)
-        rows: dict[str, dict[str, float]] = {
-            self.node_sites.get(nid, f"node-{nid}"): m for nid, m in per_node.items()
-        }
+        rows: dict[str, dict[str, float]] = {}
+        declined = 0
+        for nid, metrics in per_node.items():
+            site = self.node_sites.get(nid, f"node-{nid}")
+            rows[site] = metrics
+            if metrics.get(DECLINED_KEY, 0) > 0:  # as on the plain path
+                declined += 1
+                log.info("secure round %d: %s declined (privacy budget)", server_round, site)
+                self.state.events.append({"round": server_round, "site": site, "node": nid,
+                                          "event": "declined",
+                                          "reason": DECLINED_REASON})
+        for reason in self.secure.failures:  # sites that dropped out of the protocol
+            refusal = parse_refusal(reason, allow_detail=True)
+            site = refusal.site if refusal is not None and refusal.site else "unknown site"
+            event = "declined" if refusal is not None and refusal.declined else "rejected"
+            rows.setdefault(site, {})[event] = 1.0
+            log.warning("secure round %d: %s dropped out: %s", server_round, site,
+                        describe_error(reason))
+            self.state.events.append({"round": server_round, "site": site, "event": event,
+                                      "reason": describe_error(reason)})
         if new_arrays is None:
-            log.warning("round %d: secure aggregation failed; keeping the previous model",
-                        server_round)
+            log.warning("round %d: no secure aggregate (%d replies, %d declined, %d dropped "
+                        "out); keeping the previous model", server_round, len(per_node),
+                        declined, len(self.secure.failures))
             return arrays, rows
         if not all(np.isfinite(v.numpy()).all() for v in new_arrays.values()):
             log.warning("round %d: the secure aggregate contains NaN/Inf; rejected",
@@ -199,7 +234,7 @@ class FederatedRun:
             self.state.events.append({"round": server_round, "site": "global",
                                       "event": "rejected", "reason": "non-finite aggregate"})
             return arrays, rows
-        rows["global"] = {"sites-aggregated": float(len(per_node))}
+        rows["global"] = {"sites-aggregated": float(len(per_node) - declined)}
         return new_arrays, rows
 
     def _base_config(self, server_round: int) -> ConfigRecord:
@@ -279,7 +314,10 @@ class FederatedRun:
         failed = [r for r in replies if not any(r is v for v in valid)]
         for item, msg in zip(screened, failed, strict=True):
             node = node_of(msg)
-            site = self.node_sites.get(node, item.site) if msg.has_error() else item.site
+            if item.site.startswith("node-"):  # an error without a name: known from before?
+                site = self.node_sites.get(node, f"node-{node}")
+            else:
+                site = self.node_sites[node] = item.site
             if item.declined:
                 event = "declined"
             elif msg.has_error() and msg.error.code == ErrorCode.NODE_UNAVAILABLE:
@@ -357,11 +395,10 @@ class FederatedRun:
     ) -> None:
         site_scalars: dict[str, dict[str, float]] = evaluation.get("site_scalars", {})
         # Secure rounds know sites only by node id until the evaluation names them.
-        train_rows = {
-            self.node_sites.get(int(k[5:]), k) if k.startswith("node-") and k[5:].isdigit()
-            else k: v
-            for k, v in train_rows.items()
-        }
+        train_rows = {self._named(k): v for k, v in train_rows.items()}
+        for event in self.state.events:
+            if event.get("round") == server_round:
+                event["site"] = self._named(str(event["site"]))
         sites = sorted(set(train_rows) | set(site_scalars) | {"global"})
         for site in sites:
             row: dict[str, Any] = {"round": server_round, "site": site}
@@ -384,6 +421,12 @@ class FederatedRun:
             "round %d done in %.1fs: map50=%s dice=%s auc=%s", server_round, seconds,
             _fmt(g.get("map50")), _fmt(g.get("dice")), _fmt(g.get("auc")),
         )
+
+    def _named(self, site: str) -> str:
+        """``node-<id>`` replaced by the site's name once a reply has named it."""
+        if site.startswith("node-") and site[5:].isdigit():
+            return self.node_sites.get(int(site[5:]), site)
+        return site
 
     def _keep_if_best(
         self, server_round: int, arrays: ArrayRecord, metrics: dict[str, Any]
