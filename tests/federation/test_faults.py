@@ -128,8 +128,9 @@ def test_hospital_dies_mid_round_rejoins_and_bad_site_is_reported(
     hosp-3 is killed while round 2 trains: with min-train-nodes=2 the round completes
     with hosp-1 and hosp-2, the loss is logged as an event, and min-available-nodes=4
     does not deadlock the evaluation. hosp-3 restarts (new node id) and trains in
-    round 3. The bad site's ClientApp errors every round; the center learns the
-    exception type, never its text (the path stays in the hospital's own log).
+    round 3. The bad site's ClientApp refuses every round; the center records it under
+    the site's name as "site data unusable", never the exception or the path (they stay
+    in the hospital's own log).
     """
     runs = tmp_path / "runs"
     run_dir = runs / "faults"
@@ -173,8 +174,14 @@ def test_hospital_dies_mid_round_rejoins_and_bad_site_is_reported(
     events = state["events"]
     lost = [e for e in events if e["round"] == 2 and e["site"] == "hosp-3"]
     assert lost and lost[0]["event"] in {"unavailable", "missing"}, events
-    bad_events = [e for e in events if e["event"] == "rejected" and e["site"] != "hosp-3"
-                  and "SiteConfigError" in e["reason"]]
+    # The bad site is named (not node-<id>) and its refusal has a category; the
+    # missing path and the exception stay in the hospital's own log.
+    bad_events = [e for e in events if e["site"] == "hosp-bad"]
     assert {e["round"] for e in bad_events} == {1, 2, 3}, events
-    assert not any(str(bad) in str(e.get("reason", "")) for e in events), events
+    assert all(e["event"] == "rejected" and e["reason"] == "refused: site data unusable"
+               for e in bad_events), events
+    assert not any(str(bad) in str(e.get("reason", "")) or "SiteConfigError" in str(e)
+                   for e in events), events
+    assert not any(str(e["site"]).startswith("node-") for e in events), events
+    assert "hosp-bad" in (run_dir / "events.md").read_text()
     assert "did not reply" in result.stdout or "not aggregated" in result.stdout

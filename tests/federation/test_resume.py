@@ -1,8 +1,9 @@
 """A real Flower simulation killed after round 2 resumes with its whole strategy state.
 
-The federation (SuperLink, ServerApp, Ray workers) is killed as soon as the round-2
-checkpoint exists, then the same run name is started again in a new federation and
-finishes round 3. What is compared:
+The federation (SuperLink, ServerApp, Ray workers) is killed with round 2 saved and
+round 3 not (a directory where round 3's checkpoint goes makes the ServerApp fail
+there, whatever the load), then the same run name is started again in a new
+federation and finishes round 3. What is compared:
 
 * the checkpoint the killed run left against the uninterrupted run's round 2;
 * that the resumed process *used* the restored state: FedAdam's round-3 moments and
@@ -24,7 +25,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +81,17 @@ def _saved_round(run_dir: Path, server_round: int) -> bool:
 
 
 def _killed_after_round_2(cfg: dict, runs: Path, name: str, timeout: float = 900) -> Path:
-    """Start the run in its own federation and kill all of it once round 2 is saved."""
+    """Run until round 2 is saved and round 3 cannot be, then SIGKILL the federation.
+
+    Deterministic whatever the machine's load (polling for ``last.pt`` raced round 3 on
+    a busy machine: "killed too late"): a directory stands where round 3's checkpoint
+    goes, so the ServerApp fails while saving round 3, before ``last.pt`` moves past
+    round 2; the state on disk is the one a kill during round 3 leaves. Then everything
+    this runtime started (SuperLink, ServerApp, Ray workers) is killed with SIGKILL.
+    """
     run_dir = runs / name
+    blocker = run_dir / "checkpoints" / "round_003.pt"
+    blocker.mkdir(parents=True)
     cfg = {**cfg, "runs-dir": str(runs), "run-name": name}
     runtime = LocalSimulationRuntime(project_root(), num_supernodes=SITES,
                                      num_cpus_per_client=1.0, log_dir=run_dir / "logs-killed")
@@ -91,24 +100,21 @@ def _killed_after_round_2(cfg: dict, runs: Path, name: str, timeout: float = 900
     def run() -> None:
         try:
             outcome["result"] = runtime.run(cfg, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - the run is killed under it
+        except Exception as exc:  # noqa: BLE001 - the run fails or is killed under it
             outcome["error"] = exc
 
     with runtime:
         runner = threading.Thread(target=run, daemon=True)
         runner.start()
-        deadline = time.monotonic() + timeout
-        while not _saved_round(run_dir, 2) and runner.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        runner.join(timeout=timeout)  # the run ends when its ServerApp fails in round 3
         assert _saved_round(run_dir, 2), f"round 2 never finished: {outcome}"
-        # kill -9 of the whole center at once (SuperLink, ServerApp, Ray workers: the
-        # processes this runtime started), before round 3 can finish
-        for pid in runtime.alive_processes():
+        for pid in runtime.alive_processes():  # kill -9 of whatever is left of the center
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     runner.join(timeout=120)
     assert "result" not in outcome or not outcome["result"].ok  # it did not finish
-    assert not (run_dir / "checkpoints" / "round_003.pt").exists(), "killed too late"
+    assert blocker.is_dir() and not any(blocker.iterdir()), "round 3 was saved"
+    blocker.rmdir()
     assert not (run_dir / "final_model.pt").exists()
     return run_dir
 
