@@ -67,6 +67,7 @@ from flwr.app import (
 )
 from flwr.common import bytes_to_ndarray
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 
 from endofed.privacy.reply_policy import (
     AUDIT_REFUSED,
@@ -328,7 +329,7 @@ def _request_nodes(request: Message | None) -> set[int] | None:
     if configs is None:
         return set()
     nodes = {int(k) for k in configs if k.isdigit()}
-    for key in ("active_node_id_list", "dead_node_id_list"):
+    for key in (SecAggKey.ACTIVE_NODE_ID_LIST, SecAggKey.DEAD_NODE_ID_LIST):
         value = configs.get(key)
         if isinstance(value, list):
             nodes |= {v for v in value if isinstance(v, int)}

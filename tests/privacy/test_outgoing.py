@@ -294,7 +294,7 @@ def test_secagg_node_ids_are_only_the_nodes_the_request_named(context: Context) 
             {"dsts": [11, 11], "ctxts": [b"c", b"c"]})}), policy, request=request)  # fmt: skip
     unmask = _incoming(context, "train")
     unmask.content["secaggplus_configs"] = ConfigRecord(
-        {"active_node_id_list": [11, 7], "dead_node_id_list": [12]})
+        {"active_nids": [11, 7], "dead_nids": [12]})  # flwr's Key.ACTIVE/DEAD_NODE_ID_LIST
     audit_content(RecordDict({"secaggplus_configs": ConfigRecord(
         {"nids": [11, 7, 12], "shares": [b"s"] * 3})}), policy, request=unmask)  # fmt: skip
     with pytest.raises(OutgoingViolation, match="did not name"):
