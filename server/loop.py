@@ -32,7 +32,7 @@ from endofed.server.replies import (
     screen_train_replies,
     site_of,
 )
-from endofed.server.report import render_run_report
+from endofed.server.report import render_run_report, report_round
 from endofed.server.run_state import (
     BEST_MODEL,
     FINAL_MODEL,
@@ -416,11 +416,10 @@ class FederatedRun:
         self.state.arrays = from_arrayrecord(arrays)
         self.state.strategy_state = strategy_state(self.strategy)
         save_run_state(self.run_dir, self.state)
-        g = evaluation.get("global_scalars", {})
-        log.info(
-            "round %d done in %.1fs: map50=%s dice=%s auc=%s", server_round, seconds,
-            _fmt(g.get("map50")), _fmt(g.get("dice")), _fmt(g.get("auc")),
-        )
+        # the progress line (terminal, progress.log) and report.md of this round
+        report_round(self.run_dir, self.state.history, server_round=server_round,
+                     total=self.cfg.federation.num_server_rounds,
+                     run_config=self.run_config, events=self.state.events)
 
     def _named(self, site: str) -> str:
         """``node-<id>`` replaced by the site's name once a reply has named it."""

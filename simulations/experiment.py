@@ -235,8 +235,8 @@ class ArmRunner:
                 torch.manual_seed(cfg.train.seed)
                 model = model_for(cfg).to(device)
                 train_set = dataset_for(site.train, cfg, train=True)
-                log.info("local %s: %d training images, %d epochs", site.name,
-                         len(train_set), cfg.train.epochs)
+                log.info("local %s: %d training images, %d epochs on %s", site.name,
+                         len(train_set), cfg.train.epochs, device)
                 Trainer(model, cfg.train, device=device, progress=self.spec.progress).fit(
                     loader_for(train_set, cfg, shuffle=True), checkpoint_dir=d / "checkpoints",
                     resume=True, desc=f"local {site.name}",

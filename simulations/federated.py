@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from endofed.simulations.flwr_run import CompletedRun
+from endofed.simulations.resources import (
+    client_gpu_share,
+    cuda_device_count,
+    describe_client_device,
+)
 from endofed.simulations.simulation_runtime import LocalSimulationRuntime
 
 log = logging.getLogger(__name__)
@@ -48,12 +53,15 @@ def run_simulation(
     runs_dir: Path,
     run_name: str,
     num_cpus_per_client: float = 1.0,
+    num_gpus_per_client: float | None = None,
     timeout: float | None = None,
     log_dir: Path | None = None,
 ) -> SimulationResult:
     """Simulate ``num_sites`` hospitals on a private SuperLink and wait for the run.
 
-    ``runs_dir`` is made absolute because the ServerApp runs in another process.
+    ``runs_dir`` is made absolute because the ServerApp runs in another process. With
+    CUDA present the ClientApps get a GPU share (``num_gpus_per_client``, default: an
+    equal share for all, :func:`~endofed.simulations.resources.client_gpu_share`).
     """
     runs_dir = Path(runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -64,10 +72,16 @@ def run_simulation(
     cfg.setdefault("min-available-nodes", num_sites)
     log_dir = Path(log_dir) if log_dir else runs_dir / run_name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    devices = cuda_device_count()
+    gpu_share = client_gpu_share(num_sites, devices, num_gpus_per_client)
+    log.info("federated run %s: %d ClientApps, %g CPU each, %s", run_name, num_sites,
+             num_cpus_per_client, describe_client_device(gpu_share, devices))
     with LocalSimulationRuntime(
         project_root(),
         num_supernodes=num_sites,
         num_cpus_per_client=num_cpus_per_client,
+        num_gpus_per_client=gpu_share,
+        backend_num_gpus=devices if gpu_share else None,
         log_dir=log_dir,
         env={"PYTHONUNBUFFERED": "1"},
     ) as runtime:

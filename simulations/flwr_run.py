@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
+from endofed.server.progress import progress_text
 from endofed.shared.util.processes import stop_group
+from endofed.simulations.flwr_cli import strip_ansi
 from endofed.simulations.run_config import ConfigValue, format_run_config, write_config_toml
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("endofed.progress")
 
 
 class FlowerRunError(RuntimeError):
@@ -103,18 +107,26 @@ def run_cli(
     stdout_path: Path,
     stderr_path: Path,
     timeout: float | None,
+    on_line: Callable[[str], None] | None = None,
 ) -> int | None:
     """Run ``argv`` in its own session, output to the two files; its exit code.
 
     ``None`` if it did not exit within ``timeout`` seconds: its process group is
-    then stopped (SIGTERM, SIGKILL after 5 s).
+    then stopped (SIGTERM, SIGKILL after 5 s). With ``on_line`` every stdout line (the
+    streamed ServerApp logs of ``flwr run --stream``) is also handed to it as it comes,
+    ANSI colours removed, so a caller can show progress while the run goes on.
     """
     logger.info("starting: %s", " ".join(argv))
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
         cli = subprocess.Popen(  # noqa: S603
-            argv, env=dict(env), cwd=cwd, stdout=out, stderr=err,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv, env=dict(env), cwd=cwd, stdout=out if on_line is None else subprocess.PIPE,
+            stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+        reader = None
+        if on_line is not None:
+            reader = threading.Thread(target=_tee, args=(cli.stdout, out, on_line),
+                                      name="flwr-run-stdout", daemon=True)
+            reader.start()
         try:
             return cli.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -122,3 +134,26 @@ def run_cli(
         finally:
             if cli.poll() is None:
                 stop_group(cli, grace=5.0, name=Path(argv[0]).name)
+            if reader is not None:
+                reader.join(timeout=10.0)
+
+
+def _tee(pipe: IO[bytes], out: IO[str], on_line: Callable[[str], None]) -> None:
+    """Copy ``pipe`` into ``out`` line by line, handing each line to ``on_line``."""
+    for raw in iter(pipe.readline, b""):
+        text = raw.decode("utf-8", errors="replace")
+        out.write(text)
+        out.flush()
+        try:
+            on_line(strip_ansi(text).rstrip("\n"))
+        except Exception:  # a display problem must never stop the run
+            logger.exception("progress display failed")
+    pipe.close()
+
+
+def log_progress(line: str) -> None:
+    """``on_line`` that logs the ServerApp's per-round progress lines (logger
+    ``endofed.progress``, INFO: on the terminal of ``endofed demo`` / ``simulate``)."""
+    text = progress_text(line)
+    if text is not None:
+        progress_log.info("%s", text)

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -52,6 +52,7 @@ from endofed.simulations.flwr_run import (
     FlowerRunError,
     FlowerRunTimeout,
     flower_app_dir,
+    log_progress,
     run_cli,
     run_config_args,
 )
@@ -202,13 +203,16 @@ class PrivateSuperLink:
         stream: bool = True,
         timeout: float | None = None,
         check: bool = False,
+        on_line: Callable[[str], None] | None = log_progress,
     ) -> CompletedRun:
         """``flwr run <app_dir> <private connection> [--stream] --run-config ...``.
 
         Waits for the run to finish (with ``stream=False`` by polling its status),
         at most ``timeout`` seconds; on timeout the run and the CLI are stopped and
         :class:`FlowerRunTimeout` is raised. ``check=True`` raises
-        :class:`FlowerRunError` unless the run completed.
+        :class:`FlowerRunError` unless the run completed. While streaming, each line of
+        the ServerApp's output goes to ``on_line`` (default: its per-round progress
+        lines are logged, so the terminal is not silent; ``None``: only the log file).
         """
         if self.superlink is None or self._stopped:
             raise RuntimeError("runtime not started (use it as a context manager)")
@@ -223,7 +227,8 @@ class PrivateSuperLink:
         out_path, err_path = stem.with_suffix(".stdout.log"), stem.with_suffix(".stderr.log")
         start = time.monotonic()
         returncode = run_cli(argv, env=self.env, cwd=self.cwd, stdout_path=out_path,
-                             stderr_path=err_path, timeout=timeout)
+                             stderr_path=err_path, timeout=timeout,
+                             on_line=on_line if stream else None)
         stdout = strip_ansi(out_path.read_text(encoding="utf-8", errors="replace"))
         stderr = strip_ansi(err_path.read_text(encoding="utf-8", errors="replace"))
         run_id = parse_run_id(stdout, stderr)

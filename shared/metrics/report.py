@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from endofed.shared.metrics.formatting import (
+    fmt_count,
     fmt_percent,
     fmt_value,
     hits_at,
@@ -30,6 +31,7 @@ from endofed.shared.metrics.plots import (
     plot_roc,
     plot_site_bars,
 )
+from endofed.shared.util.atomic import atomic_write_text
 from endofed.shared.util.tables import markdown_table
 
 __all__ = [
@@ -56,9 +58,7 @@ HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
     ("specificity", "Specificity (lesion vs normal)"),
     ("auc", "AUC (one-vs-rest)"),
     ("auc_lesion", "AUC (lesion vs normal)"),
-    ("dice", "Dice (mean per image)"),
-    ("iou", "IoU (mean per image)"),
-    ("dice_pooled", "Dice (pooled pixels)"),
+    ("dice_lesion", "Dice, lesion images (mean per image with a lesion mask)"),
     ("latency_ms", "Latency per image (ms)"),
     ("num_images", "Images"),
 )
@@ -94,11 +94,41 @@ def _key(k: Any) -> str:
 # ------------------------------------------------------------------ markdown
 def _headline_table(metrics: Mapping[str, Any]) -> str:
     rows = [
-        (label, fmt_value(metrics[key], 2 if key == "latency_ms" else 4))
+        (label, fmt_count(metrics[key]) if key == "num_images"
+         else fmt_value(metrics[key], 2 if key == "latency_ms" else 4))
         for key, label in HEADLINE_METRICS
         if key in metrics
     ]
     return markdown_table(["Metric", "Value"], rows)
+
+
+def _segmentation_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Dice / IoU per group of images, with what each mean is a mean of."""
+    if not any(k in metrics for k in ("dice", "dice_lesion", "dice_pooled")):
+        return []
+    n_all = metrics.get("seg_images")
+    n_lesion = metrics.get("seg_lesion_images")
+    n_free = (int(n_all) - int(n_lesion)) if n_all is not None and n_lesion is not None \
+        else None
+    rows = [
+        ("Lesion images (lesion mask not empty)", fmt_count(n_lesion),
+         fmt_value(metrics.get("dice_lesion")), fmt_value(metrics.get("iou_lesion"))),
+        ("Lesion-free images (empty mask)", fmt_count(n_free),
+         fmt_value(metrics.get("dice_lesion_free")), fmt_value(metrics.get("iou_lesion_free"))),
+        ("All images (mean of the two groups, weighted by their counts)", fmt_count(n_all),
+         fmt_value(metrics.get("dice")), fmt_value(metrics.get("iou"))),
+        ("All pixels pooled", "", fmt_value(metrics.get("dice_pooled")),
+         fmt_value(metrics.get("iou_pooled"))),
+    ]
+    return [
+        "## Segmentation (Dice, IoU of the predicted lesion mask)",
+        "Per image, Dice = 2 |predicted ∩ true| / (|predicted| + |true|) of the mask "
+        "thresholded at 0.5. On a lesion-free image it is 1 when nothing is predicted and "
+        "0 otherwise, so the lesion-free row is the share of lesion-free images without a "
+        "false mask, and the all-images mean mixes that share with the lesion images' "
+        "Dice: read the lesion row for how well lesions are outlined.",
+        markdown_table(["Images", "Count", "Dice (mean)", "IoU (mean)"], rows),
+    ]
 
 
 def _per_class_table(metrics: Mapping[str, Any]) -> str:
@@ -188,18 +218,21 @@ def write_evaluation_report(
     *,
     title: str,
     extra_sections: Mapping[str, str] | None = None,
+    preamble_sections: Sequence[str] = (),
 ) -> Path:
     """Write ``metrics.json``, ``report.md`` and ``roc.png`` / ``confusion_matrix.png`` /
     ``localization.png`` into ``out_dir``; returns the path of ``report.md``.
 
     ``metrics`` is the output of :meth:`MetricAccumulator.compute`; missing parts are
     rendered as "n/a" / "no data". ``extra_sections`` maps a heading to Markdown text
-    appended at the end (e.g. per-site tables or privacy budgets).
+    appended at the end (e.g. per-site tables or privacy budgets); ``preamble_sections``
+    are Markdown blocks put right under the title (e.g. the run's settings). Every file
+    is replaced atomically, so a reader sees the previous report or the new one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(
-        json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    atomic_write_text(
+        out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n"
     )
     plot_roc(metrics, out_dir / "roc.png")
     plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
@@ -208,9 +241,11 @@ def write_evaluation_report(
     loc = metrics.get("localization") or {}
     parts = [
         f"# {title}",
+        *(preamble_sections or ()),
         "## Headline metrics",
         _headline_table(metrics),
         *_operating_point_section(metrics),
+        *_segmentation_section(metrics),
         "## Per class",
         _per_class_table(metrics),
         "## Confusion matrix (image level)",
@@ -227,7 +262,6 @@ def write_evaluation_report(
     ]
     for heading, body in (extra_sections or {}).items():
         parts += [f"## {heading}", body.rstrip()]
-    report = out_dir / "report.md"
-    report.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    report = atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")
     logger.info("Evaluation report written to %s", report)
     return report

@@ -31,7 +31,9 @@ def count_masks(st: State, mask_prob: Any, mask_true: Any, threshold: float) -> 
 
 
 def segmentation_metrics(st: State) -> dict[str, float]:
-    """``dice``, ``iou`` (all images), ``*_lesion`` (non-empty truth), ``*_pooled``."""
+    """``dice``, ``iou`` (all images), ``*_lesion`` (non-empty truth), ``*_lesion_free``
+    (empty truth: the share with an empty prediction), ``*_pooled``, and the image counts
+    ``seg_images`` / ``seg_lesion_images`` behind the means."""
     nan = float("nan")
     n_seg = int(st["seg_images"])
     n_pos = int(st["seg_pos_images"])
@@ -41,6 +43,12 @@ def segmentation_metrics(st: State) -> dict[str, float]:
         "iou": float(st["seg_iou_sum"]) / n_seg if n_seg else nan,
         "dice_lesion": float(st["seg_pos_dice_sum"]) / n_pos if n_pos else nan,
         "iou_lesion": float(st["seg_pos_iou_sum"]) / n_pos if n_pos else nan,
+        "dice_lesion_free": (float(st["seg_dice_sum"]) - float(st["seg_pos_dice_sum"]))
+        / (n_seg - n_pos) if n_seg > n_pos else nan,
+        "iou_lesion_free": (float(st["seg_iou_sum"]) - float(st["seg_pos_iou_sum"]))
+        / (n_seg - n_pos) if n_seg > n_pos else nan,
+        "seg_images": n_seg,
+        "seg_lesion_images": n_pos,
         "dice_pooled": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else nan,
         "iou_pooled": tp / (tp + fp + fn) if (tp + fp + fn) else nan,
     }
