@@ -120,6 +120,7 @@ def _wait_for(path: Path, runner: threading.Thread, timeout: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # its own waits add up to more than the 900 s default
 def test_hospital_dies_mid_round_rejoins_and_bad_site_is_reported(
     tmp_path, hospital_nodes, deploy_run_config
 ):
