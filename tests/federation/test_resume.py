@@ -150,6 +150,7 @@ def _fedadam_step(state2: dict, state3: dict, inner: str) -> tuple[dict, dict, f
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # three federations in a row on a busy machine
 def test_fedadam_killed_after_round_2_resumes_like_an_uninterrupted_run(tmp_path):
     runs = tmp_path / "runs"
     full = _resume(RUN_CONFIG, runs, "full")  # uninterrupted, same seed
@@ -179,6 +180,7 @@ def test_fedadam_killed_after_round_2_resumes_like_an_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # three federations in a row on a busy machine
 def test_adaptive_clipping_run_killed_after_round_2_keeps_its_clip_norm(tmp_path):
     """Server-side adaptive clipping around FedAdam: its noise is unseeded (OS entropy).
 
