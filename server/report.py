@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -217,9 +218,30 @@ def render_run_report(
     """(Re-)write ``report.md`` and its PNGs from what the run directory holds.
 
     ``run_config`` and ``events`` are the running server's; without them they are read
-    from ``checkpoints/last.pt`` (for ``endofed report``).
+    from ``checkpoints/last.pt`` (for ``endofed report``). Waits for a background
+    rendering of the same run (:func:`report_round`) first, and supersedes a queued one.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
+    _WORKER.wait(run_dir, drop_pending=True)
+    return _render(run_dir, run_config=run_config, events=events)
+
+
+def _render(
+    run_dir: Path,
+    *,
+    run_config: Mapping[str, Any] | None,
+    events: Sequence[Mapping[str, Any]] | None,
+) -> Path:
+    with _RENDER_LOCK:  # one rendering at a time in this process
+        return _render_unlocked(run_dir, run_config=run_config, events=events)
+
+
+def _render_unlocked(
+    run_dir: Path,
+    *,
+    run_config: Mapping[str, Any] | None,
+    events: Sequence[Mapping[str, Any]] | None,
+) -> Path:
     csv = run_dir / "metrics.csv"
     if not csv.exists():
         raise FileNotFoundError(
@@ -281,6 +303,59 @@ def render_run_report(
     return out
 
 
+class _ReportWorker:
+    """Renders reports in a background thread, one run directory at a time.
+
+    A round hands over its state and goes on; if the previous rendering is still busy
+    the newest request replaces any queued one (the report shows the latest round).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[Path, dict[str, Any]] = {}
+        self._busy: set[Path] = set()
+
+    def submit(self, run_dir: Path, **kwargs: Any) -> None:
+        with self._cond:
+            self._pending[run_dir] = kwargs
+            if run_dir in self._busy:
+                return
+            self._busy.add(run_dir)
+        threading.Thread(target=self._work, args=(run_dir,), name="endofed-report",
+                         daemon=True).start()
+
+    def _work(self, run_dir: Path) -> None:
+        while True:
+            with self._cond:
+                kwargs = self._pending.pop(run_dir, None)
+                if kwargs is None:
+                    self._busy.discard(run_dir)
+                    self._cond.notify_all()
+                    return
+            try:
+                _render(run_dir, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a report is never worth a failed study
+                log.warning("report of %s not re-rendered (%s: %s)", run_dir,
+                            type(exc).__name__, exc)
+
+    def wait(self, run_dir: Path, *, drop_pending: bool = False,
+             timeout: float | None = None) -> bool:
+        """Until no rendering of ``run_dir`` is running (False on timeout)."""
+        with self._cond:
+            if drop_pending:
+                self._pending.pop(run_dir, None)
+            return self._cond.wait_for(lambda: run_dir not in self._busy, timeout=timeout)
+
+
+_WORKER = _ReportWorker()
+_RENDER_LOCK = threading.Lock()
+
+
+def wait_for_report(run_dir: Path, timeout: float | None = None) -> bool:
+    """Until the background rendering of ``run_dir`` (if any) has finished."""
+    return _WORKER.wait(Path(run_dir).resolve(), timeout=timeout)
+
+
 def report_round(
     run_dir: Path,
     history: Sequence[Mapping[str, Any]],
@@ -291,17 +366,19 @@ def report_round(
     events: Sequence[Mapping[str, Any]],
 ) -> str:
     """After a round: log its progress line (the terminal shows it), append it to
-    ``progress.log`` and re-render the report. A failure to render is logged, never
-    raised: the study goes on. Returns the progress line."""
+    ``progress.log`` and have the report re-rendered in the background (the next round
+    does not wait for the plots). Failures are logged, never raised: the study goes
+    on. Returns the progress line."""
     line = round_progress(history, server_round, total)
     log.info("%s", line)
+    run_dir = Path(run_dir).resolve()
     try:
-        with (Path(run_dir) / PROGRESS_LOG).open("a", encoding="utf-8") as fh:
+        with (run_dir / PROGRESS_LOG).open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
-        render_run_report(run_dir, run_config=run_config, events=events)
-    except Exception as exc:  # noqa: BLE001 - a report is never worth a failed study
-        log.warning("round %d: report not re-rendered (%s: %s)", server_round,
-                    type(exc).__name__, exc)
+    except OSError as exc:
+        log.warning("round %d: %s not written (%s)", server_round, run_dir / PROGRESS_LOG, exc)
+    _WORKER.submit(run_dir, run_config=dict(run_config),
+                   events=[dict(e) for e in events])
     return line
 
 

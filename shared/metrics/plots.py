@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from endofed.shared.metrics.formatting import (
@@ -168,6 +169,17 @@ def plot_metric_curves(
     limits: Mapping[str, tuple[float, float]] | None = None,
     title: str | None = None,
 ) -> Path:
+    """:func:`metric_curves_figure` written to ``out_png`` (atomically)."""
+    return save_png(metric_curves_figure(df, metrics, limits=limits, title=title), out_png)
+
+
+def metric_curves_figure(
+    df: Any,
+    metrics: Sequence[str],
+    *,
+    limits: Mapping[str, tuple[float, float]] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Per-round curves, one panel per metric and one line per site.
 
     ``df`` is a pandas DataFrame with a ``round`` column, optionally a ``site``
@@ -218,11 +230,16 @@ def plot_metric_curves(
                    loc="lower center", ncols=min(len(order), 5), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if len(drawn) > 1 else 0, 1, 1))
-    return save_png(fig, out_png)
+    fig.tight_layout(rect=(0, 0.05 if len(drawn) > 1 else 0, 1, 1))
+    return fig
 
 
 def plot_site_bars(df: Any, metric: str, out_png: Path) -> Path:
+    """:func:`site_bars_figure` written to ``out_png`` (atomically)."""
+    return save_png(site_bars_figure(df, metric), out_png)
+
+
+def site_bars_figure(df: Any, metric: str) -> Figure:
     """Bar per site of ``metric`` (at the last round of each site if ``round`` exists);
     ``global`` is drawn apart (black, first)."""
     missing = [c for c in ("site", metric) if c not in df.columns]
@@ -255,7 +272,7 @@ def plot_site_bars(df: Any, metric: str, out_png: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     last = f", round {int(df['round'].max())}" if "round" in df.columns and len(df) else ""
     ax.set_title(f"{label} per site{last}")
-    return save_png(fig, out_png)
+    return fig
 
 
 def save_png(fig: Any, out_png: Path, *, dpi: int = 110) -> Path:

@@ -89,3 +89,103 @@ def test_run_plots(tmp_path) -> None:
         plot_metric_curves(df, ["nope"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="lacks columns"):
         plot_site_bars(df.drop(columns="site"), "map50", tmp_path / "x.png")
+
+
+# -- issue 15: a report that stands alone -------------------------------------------------
+def _rounds_frame(rounds: int = 3) -> pd.DataFrame:
+    rows = []
+    for r in range(1, rounds + 1):
+        for i, site in enumerate(("global", "site_a", "site_b")):
+            rows.append({"round": r, "site": site, "map50": 0.0, "train-loss": 2.0 - 0.1 * r,
+                         "auc": math.nan if site == "site_a" else 0.5 + 0.1 * i})
+    return pd.DataFrame(rows)
+
+
+def test_curve_panels_have_words_integer_rounds_and_the_metrics_range(tmp_path) -> None:
+    from endofed.shared.metrics.plots import metric_curves_figure
+
+    fig = metric_curves_figure(_rounds_frame(), ["map50", "auc", "train-loss"])
+    ax_map, ax_auc, ax_loss = fig.axes[:3]
+    assert [ax.get_title() for ax in (ax_map, ax_auc, ax_loss)] == [
+        "mAP@0.5", "AUC (one-vs-rest)", "Training loss"]
+    fig.canvas.draw()
+    for ax in (ax_map, ax_auc, ax_loss):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    # a constant 0 stays on the 0-1 axis of a rate (not -0.04..0.04)
+    lo, hi = ax_map.get_ylim()
+    assert lo == pytest.approx(-0.02) and hi == pytest.approx(1.02)
+    assert ax_auc.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert ax_loss.get_ylim()[0] == 0.0  # a loss axis starts at 0
+    _assert_png(plot_metric_curves(_rounds_frame(), ["map50"], tmp_path / "c.png"))
+
+
+def test_global_line_is_drawn_apart_and_listed_first() -> None:
+    from endofed.shared.metrics.plots import metric_curves_figure
+
+    fig = metric_curves_figure(_rounds_frame(), ["map50", "auc"])
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    glob = lines.pop("global (merged over sites)")
+    assert glob.get_color() == "black"
+    assert all(glob.get_linewidth() > 2 * ln.get_linewidth() for ln in lines.values())
+    assert all(glob.get_zorder() > ln.get_zorder() for ln in lines.values())
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "global (merged over sites)", "site_a", "site_b"]
+    # a site keeps its colour in every panel, even where another site has no values
+    colour = {ax: {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
+              for ax in fig.axes[:2]}
+    assert colour[fig.axes[1]]["site_b"] == colour[fig.axes[0]]["site_b"]
+
+
+def test_site_bars_put_global_first_on_a_0_1_axis() -> None:
+    from endofed.shared.metrics.plots import site_bars_figure
+
+    fig = site_bars_figure(_rounds_frame(), "map50")
+    ax = fig.axes[0]
+    assert ax.get_title() == "mAP@0.5 per site, round 3"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["global", "site_a", "site_b"]
+    assert ax.get_ylim() == pytest.approx((0.0, 1.08))
+
+
+def test_dice_is_split_into_lesion_and_lesion_free_images(tmp_path) -> None:
+    """Hand case: 2 lesion images (Dice 0.6 and 0), 3 lesion-free images of which 2 have
+    no predicted mask (Dice 1) and 1 a false one (Dice 0)."""
+    true = np.zeros((5, 4, 4), dtype=np.float32)
+    prob = np.zeros((5, 4, 4), dtype=np.float32)
+    true[0, 0, :] = 1              # 4 true pixels
+    prob[0, 0, :2] = prob[0, 1, 0] = 0.9  # TP 2, FP 1, FN 2 -> Dice 4/7
+    true[1, 2, 2] = 1              # missed -> 0
+    prob[4, 3, 3] = 0.8            # lesion-free image with a false mask -> 0
+    acc = MetricAccumulator(class_names=["lesion"])
+    acc.update(mask_prob=prob[:, None], mask_true=true)
+    m = acc.compute()
+    assert m["seg_images"] == 5 and m["seg_lesion_images"] == 2
+    assert m["dice_lesion"] == pytest.approx((4 / 7 + 0) / 2)
+    assert m["dice_lesion_free"] == pytest.approx(2 / 3)
+    assert m["dice"] == pytest.approx((4 / 7 + 0 + 1 + 1 + 0) / 5)
+    text = write_evaluation_report(m, tmp_path, title="dice").read_text()
+    assert "Dice (mean per image)" not in text
+    assert f"| Lesion images (lesion mask not empty) | 2 | {(4 / 7) / 2:.4f} |" in text
+    assert f"| Lesion-free images (empty mask) | 3 | {2 / 3:.4f} |" in text
+    assert "1 when nothing is predicted and 0 otherwise" in text
+    assert f"| Dice, lesion images (mean per image with a lesion mask) | {(4 / 7) / 2:.4f} |" \
+        in text
+
+
+def test_report_files_are_replaced_atomically(tmp_path, eval_set) -> None:
+    """A reader holding the old report keeps a whole file; no temporary file is left."""
+    acc = MetricAccumulator(class_names=eval_set.class_names,
+                            morphology_names=eval_set.morphology_names)
+    acc.update(**eval_set.batch(slice(None)))
+    metrics = acc.compute()
+    report = write_evaluation_report(metrics, tmp_path, title="first")
+    names = ("report.md", "metrics.json", "roc.png", "confusion_matrix.png", "localization.png")
+    before = {n: (tmp_path / n).stat().st_ino for n in names}
+    with report.open() as old:
+        write_evaluation_report(metrics, tmp_path, title="second")
+        assert old.read().startswith("# first")  # the old file, whole
+    assert {n: (tmp_path / n).stat().st_ino for n in names} != before
+    assert all((tmp_path / n).stat().st_ino != before[n] for n in names)  # renamed in
+    assert report.read_text().startswith("# second")
+    assert list(tmp_path.glob(".*.tmp")) == []
