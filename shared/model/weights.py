@@ -101,6 +101,7 @@ def load_torch_file(
         ) from None
     except Exception as exc:  # noqa: BLE001 - re-raised as one line with the file name
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch's first sentence says what failed
         raise UnreadableFileError(
             f"{what} {path}: cannot read it as a torch file (truncated or damaged? {first})"
         ) from None
