@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from endofed.shared.util.figures import new_figure, save_figure
+from endofed.shared.metrics.plots import save_png as save_figure
+from endofed.shared.util.figures import new_figure
 from endofed.simulations.experiment_results import METRIC_LABELS, METRICS
 from endofed.simulations.experiment_spec import CENTRAL
 from endofed.simulations.site_evaluator import POOLED
@@ -30,7 +31,7 @@ def plot_rounds(plot_dir: Path, markers: Sequence[Mapping[str, Any]]) -> list[Pa
             d = pd.read_csv(metrics_csv)
             curves.setdefault(f"{m['arm']} (dp {m['dp']})", []).append(d[d["site"] == "global"])
     written: list[Path] = []
-    for metric in ("map50", "dice", "auc") if curves else ():
+    for metric in ("map50", "dice_lesion", "auc") if curves else ():
         fig = new_figure(figsize=(6, 4))
         ax = fig.subplots()
         for label, runs in curves.items():
@@ -38,7 +39,8 @@ def plot_rounds(plot_dir: Path, markers: Sequence[Mapping[str, Any]]) -> list[Pa
             if metric in d.columns:
                 mean = d.groupby("round")[metric].mean()
                 ax.plot(mean.index, mean.values, marker="o", label=label)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(-0.02, 1.02)  # rates, AP and Dice live in [0, 1]
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{_label(metric)} per round (server-merged)")
@@ -78,6 +80,7 @@ def plot_utility_vs_epsilon(plot_dir: Path, df: pd.DataFrame,
     ax.set_xticks(eps_ticks, [f"{v:g}" for v in eps_ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("target ε per site")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("mAP@0.5 (pooled val)")
     ax.set_title("Utility vs privacy budget")
     ax.grid(alpha=0.3)
@@ -94,7 +97,9 @@ def plot_per_site(plot_dir: Path, df: pd.DataFrame, arm_order: Sequence[str]) ->
     site_names = list(dict.fromkeys(sub["eval_site"]))
     arms = [a for a in arm_order if a in set(sub["arm"])]
     written: list[Path] = []
-    for metric in ("map50", "dice"):
+    for metric in ("map50", "dice_lesion"):
+        if metric not in sub.columns or sub[metric].isna().all():
+            continue
         fig = new_figure(figsize=(max(6, 1.2 * len(site_names) * max(1, len(arms)) / 2), 4))
         ax = fig.subplots()
         width = 0.8 / max(1, len(arms))
@@ -103,8 +108,7 @@ def plot_per_site(plot_dir: Path, df: pd.DataFrame, arm_order: Sequence[str]) ->
                 .groupby("eval_site").mean()
             xs = np.arange(len(site_names)) + i * width
             ax.bar(xs, [vals.get(s, np.nan) for s in site_names], width, label=arm)
-        top = np.nanmax(sub[metric].to_numpy(float), initial=0.0)
-        ax.set_ylim(0, max(0.05, 1.1 * float(top)))
+        ax.set_ylim(0, 1.02)
         ax.set_xticks(np.arange(len(site_names)) + width * (len(arms) - 1) / 2)
         ax.set_xticklabels(site_names)
         ax.set_ylabel(_label(metric))

@@ -18,7 +18,8 @@ from endofed.simulations.site_evaluator import POOLED
 
 #: Metrics reported per row of ``results.csv`` (``flat_scalars`` keys).
 METRICS: tuple[str, ...] = (
-    "map50", "map", "dice", "iou", "auc", "sensitivity", "specificity", "accuracy", "f1",
+    "map50", "map", "dice_lesion", "dice", "iou", "auc", "sensitivity", "specificity",
+    "accuracy", "f1",
 )
 #: Columns of ``results.csv``.
 COLUMNS: tuple[str, ...] = (
@@ -26,7 +27,8 @@ COLUMNS: tuple[str, ...] = (
 )
 #: Display names of the metric columns in tables and plots.
 METRIC_LABELS: dict[str, str] = {
-    "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "dice": "Dice", "iou": "IoU", "auc": "AUC",
+    "map50": "mAP@0.5", "map": "mAP@[.5:.95]", "dice_lesion": "Dice (lesion images)",
+    "dice": "Dice (all images)", "iou": "IoU (all images)", "auc": "AUC",
     "sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "f1": "F1",
     "epsilon": "ε spent",
 }

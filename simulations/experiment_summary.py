@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from endofed.server.report import software_versions
 from endofed.shared.util.atomic import atomic_write_text
 from endofed.shared.util.tables import dataframe_table, markdown_table
 from endofed.simulations.experiment_results import METRIC_LABELS, summary_table
@@ -16,16 +17,32 @@ from endofed.simulations.virtual_sites import VirtualSite
 
 
 def _settings(spec: ExperimentSpec) -> list[str]:
-    return [
-        f"Data: {', '.join(str(p) for p in spec.data) if spec.data else 'synthetic'}; "
-        f"{spec.sites} hospitals by `{spec.partition}`"
-        + (" with simulated device shift" if spec.device_shift else "")
-        + f"; preset `{spec.preset}`, {spec.image_size} px, batch {spec.batch_size}.",
-        f"Budget: {spec.rounds} rounds x {spec.local_epochs} local epoch(s) for federated "
-        f"arms = {spec.rounds * spec.local_epochs} epochs for central and each local model. "
-        f"Seeds: {', '.join(str(s) for s in spec.seeds)}. DP (per site, federated arms "
-        "only): " + ", ".join(dp_label(e) for e in spec.dp) + ".",
+    """The grid's settings as a two-column table (what a reader needs to repeat it)."""
+    cfg = spec.config(spec.seeds[0] if spec.seeds else 0)
+    data = ", ".join(str(p) for p in spec.data) if spec.data else (
+        f"synthetic, {spec.images_per_site} images per hospital")
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(spec.extra_config.items()))
+    rows = [
+        ("Arms", ", ".join(f"`{a.name}`" for a in spec.arms)),
+        ("Data", data + (f"; held-out hospital {spec.holdout_site}" if spec.holdout_site
+                         else "")),
+        ("Hospitals", f"{spec.sites} by `{spec.partition}`"
+                      + (" with simulated device shift" if spec.device_shift else "")),
+        ("Model", f"preset `{spec.preset}`, {spec.image_size} px, batch {spec.batch_size}"),
+        ("Rounds × local epochs", f"{spec.rounds} × {spec.local_epochs} for federated arms "
+                                  f"= {spec.rounds * spec.local_epochs} epochs for central "
+                                  "and each local model"),
+        ("DP (target ε per site, federated arms only)",
+         ", ".join(dp_label(e) for e in spec.dp)),
+        ("Seeds", ", ".join(str(s) for s in spec.seeds)),
+        ("Lesion threshold rule", f"`{cfg.federation.threshold_rule}`"),
+        ("Other run-config keys", extra or "none"),
+        ("Software", software_versions()),
     ]
+    return [markdown_table(["Setting", "Value"], rows), "",
+            "Dice (lesion images) is the mean Dice over validation images with a lesion "
+            "mask; Dice (all images) also counts each lesion-free image as 1 when no mask "
+            "is predicted and 0 otherwise, so it rises with the share of lesion-free images."]
 
 
 def _per_site_map50(df: pd.DataFrame) -> pd.DataFrame:

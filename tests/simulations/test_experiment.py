@@ -18,7 +18,7 @@ from endofed.simulations.experiment_spec import ExperimentError, parse_arms
 
 SITES, ROUNDS, SEED = 2, 2, 0  # the tiny_spec fixture's (conftest.py)
 EXPECTED_COLUMNS = [
-    "arm", "dp", "seed", "model", "eval_site", "map50", "map", "dice", "iou", "auc",
+    "arm", "dp", "seed", "model", "eval_site", "map50", "map", "dice_lesion", "dice", "iou", "auc",
     "sensitivity", "specificity", "accuracy", "f1", "epsilon", "num_images",
 ]
 CLI_ARGS = [

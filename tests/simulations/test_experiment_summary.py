@@ -59,10 +59,15 @@ def test_summary_markdown(tmp_path):
              VirtualSite("site_2", tmp_path / "b", train=[], val=[])]
     path = write_summary(spec, _results(), [tmp_path / "plots" / "rounds_map50.png"], sites)
     text = path.read_text()
-    assert text.startswith("# EndoFed experiment\n\nData: synthetic; 2 hospitals by `iid`;")
+    assert text.startswith("# EndoFed experiment\n\n| Setting | Value |")
+    assert "| Hospitals | 2 by `iid` |" in text
+    assert "| Rounds × local epochs | 5 × 1 for federated arms = 5 epochs" in text
+    assert "| DP (target ε per site, federated arms only) | none, 8 |" in text
+    assert "| Lesion threshold rule | `youden` |" in text and "| Software | endofed " in text
     assert "| hospital | train | val |\n|---|---|---|\n| site_1 | 3 | 1 |\n| site_2 | 0 | 0 |\n" \
         in text
-    assert "| arm | dp | seeds | mAP@0.5 | mAP@[.5:.95] | Dice |" in text
+    assert "| arm | dp | seeds | mAP@0.5 | mAP@[.5:.95] | Dice (lesion images) | " \
+        "Dice (all images) |" in text
     assert "| central | none | 2 | 0.600 ± 0.141 |" in text
     assert "Held-out" not in text
     # per hospital: a hospital an arm was not evaluated on reads n/a
