@@ -21,6 +21,7 @@ import pandas as pd
 from endofed.server.progress import fmt_duration, round_counts, round_progress
 from endofed.server.run_state import LAST, checkpoint_dir, load_checkpoint
 from endofed.shared.metrics.formatting import fmt_cell, fmt_count, fmt_value, metric_label
+from endofed.shared.metrics.plots import metric_curves_figure, save_png
 from endofed.shared.metrics.report import (
     plot_metric_curves,
     plot_site_bars,
@@ -200,8 +201,15 @@ def _epsilon_section(df: pd.DataFrame, run_dir: Path) -> str | None:
     top = float(sites["epsilon-spent"].max())
     if "epsilon-target" in sites.columns and sites["epsilon-target"].notna().any():
         top = max(top, float(sites["epsilon-target"].max()))
-    plot_metric_curves(sites, ["epsilon-spent"], run_dir / "epsilon.png",
-                       limits={"epsilon-spent": (0.0, 1.08 * top if top > 0 else 1.0)})
+    fig = metric_curves_figure(sites, ["epsilon-spent"],
+                               limits={"epsilon-spent": (0.0, 1.08 * top if top > 0 else 1.0)})
+    ax = fig.axes[0]
+    ax.set_title("ε spent per site (dashed: the site's target)")
+    colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
+    if "epsilon-target" in sites.columns:
+        for site, target in sites.groupby("site")["epsilon-target"].max().dropna().items():
+            ax.axhline(float(target), ls="--", lw=1.0, color=colours.get(str(site), "grey"))
+    save_png(fig, run_dir / "epsilon.png")
     rows = [[fmt_count(r), *(fmt_value(eps.loc[r, s], 3) for s in eps.columns)]
             for r in eps.index]
     return (markdown_table(["Round", *map(str, eps.columns)], rows)

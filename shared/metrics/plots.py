@@ -107,7 +107,7 @@ def plot_localization(metrics: Mapping[str, Any], out_png: Path) -> Path:
             bars = ax.bar(
                 x + (k - (len(thresholds) - 1) / 2) * width, shares, width, label=f"IoU >= {t:g}"
             )
-            ax.bar_label(bars, labels=[f"{100 * s:.0f}" for s in shares], fontsize=7)
+            ax.bar_label(bars, labels=[f"{100 * s:.0f}%" for s in shares], fontsize=7)
         ax.set_xticks(x, [f"{n}\n(n={int(r['total'])})" for n, r in groups])
         ax.set_ylim(0, 1.1)
         ax.set_ylabel("Share of lesions localised")

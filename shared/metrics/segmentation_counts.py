@@ -43,10 +43,13 @@ def segmentation_metrics(st: State) -> dict[str, float]:
         "iou": float(st["seg_iou_sum"]) / n_seg if n_seg else nan,
         "dice_lesion": float(st["seg_pos_dice_sum"]) / n_pos if n_pos else nan,
         "iou_lesion": float(st["seg_pos_iou_sum"]) / n_pos if n_pos else nan,
-        "dice_lesion_free": (float(st["seg_dice_sum"]) - float(st["seg_pos_dice_sum"]))
-        / (n_seg - n_pos) if n_seg > n_pos else nan,
-        "iou_lesion_free": (float(st["seg_iou_sum"]) - float(st["seg_pos_iou_sum"]))
-        / (n_seg - n_pos) if n_seg > n_pos else nan,
+        # a difference of two float sums: clipped so rounding never reads -0.0000
+        "dice_lesion_free": min(1.0, max(0.0, (float(st["seg_dice_sum"])
+                                               - float(st["seg_pos_dice_sum"]))
+                                         / (n_seg - n_pos))) if n_seg > n_pos else nan,
+        "iou_lesion_free": min(1.0, max(0.0, (float(st["seg_iou_sum"])
+                                              - float(st["seg_pos_iou_sum"]))
+                                        / (n_seg - n_pos))) if n_seg > n_pos else nan,
         "seg_images": n_seg,
         "seg_lesion_images": n_pos,
         "dice_pooled": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else nan,
