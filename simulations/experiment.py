@@ -177,6 +177,16 @@ def finished_run(run_dir: Path, rounds: int) -> bool:
     return bool(len(df)) and int(df["round"].max()) >= rounds
 
 
+def rounds_with_updates(run_dir: Path) -> int:
+    """How many rounds of the run in ``run_dir`` aggregated at least one site's update."""
+    df = pd.read_csv(run_dir / "metrics.csv")
+    if "sites-aggregated" not in df.columns:
+        return 0
+    aggregated = pd.to_numeric(df.loc[df["site"] == "global", "sites-aggregated"],
+                               errors="coerce").fillna(0)
+    return int((aggregated > 0).sum())
+
+
 def epsilon_spent(run_dir: Path) -> float:
     """Largest epsilon any site spent by the last round (``nan`` if not reported)."""
     df = pd.read_csv(run_dir / "metrics.csv")
@@ -270,6 +280,15 @@ class ArmRunner:
         if not finished_run(run_dir, spec.rounds):
             run_simulation(run_config, num_sites=k, runs_dir=runs_dir, run_name=job.run_name,
                            num_cpus_per_client=spec.num_cpus_per_client, timeout=spec.timeout)
+        if rounds_with_updates(run_dir) == 0:
+            # Every reply refused or failed: the "final" model is the initial one, and
+            # recording it as the arm's result would be a silent failure.
+            raise ExperimentError(
+                f"{job.run_name}: no site's update was aggregated in any of the "
+                f"{spec.rounds} rounds (every reply refused or failed); see "
+                f"{run_dir / 'logs'} and the events in {run_dir / 'metrics.csv'}. Delete "
+                f"{run_dir} and rerun to retry this arm"
+            )
         cfg = spec.config(job.seed, preprocess=job.arm.preprocess)
         model = load_model_checkpoint(run_dir / "final_model.pt")
         eps = epsilon_spent(run_dir) if job.dp > 0 else float("nan")
