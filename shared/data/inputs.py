@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dicom import DICOM_EXTENSIONS, dicom_frames
 from .layouts._base import IMAGE_EXTENSIONS, not_regular_reason
 
 #: Output stems that are taken already (``summary.json`` of ``endofed predict``).
@@ -35,7 +36,7 @@ def _walk(folder: Path, exclude: Path | None) -> Iterable[Path]:
             if exclude is None or Path(os.path.realpath(here / d)) != exclude
         )
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
                 yield here / name
 
 
@@ -87,5 +88,10 @@ def collect_images(
             if real in seen:
                 continue
             seen.add(real)
+            if Path(path).suffix.lower() in DICOM_EXTENSIONS:  # one input per frame
+                frames, reason = dicom_frames(path, stem)
+                problems += [(str(path), reason)] if reason else []
+                images += [InputImage(f, _unique(s, taken)) for f, s in frames]
+                continue
             images.append(InputImage(path, _unique(stem, taken)))
     return images, problems

@@ -19,6 +19,7 @@ from .layouts._base import (
     missing_image_column,
 )
 from .layouts.coco import is_coco
+from .layouts.dicom import has_dicom
 from .layouts.manifest import BOX_COLUMNS
 from .sample import NORMAL_CLASS_NAME, Sample, SampleRecord, SiteIndex, image_label
 
@@ -28,7 +29,7 @@ EXPECTED_LAYOUTS = (
     "expected one of: 'kvasir' (images/ [+ masks/ with the same stems] "
     "[+ *bboxes*.json] [+ manifest.csv]), 'coco' (a *.json with images/annotations/"
     "categories keys beside the images or an images/ folder), 'manifest' (manifest.csv "
-    "with at least an 'image' column)"
+    "with at least an 'image' column), 'dicom' (*.dcm files + masks/)"
 )
 
 __all__ = ["SiteDataError", "detect_layout", "load_sample", "scan_site", "summarize"]
@@ -58,6 +59,8 @@ def detect_layout(root: Path) -> str:
         if any(d is None for d in parsed.values()) and not (root / "masks").is_dir():
             return "coco"  # most likely a broken COCO export: let its scanner say why
         return "kvasir"
+    if has_dicom(root):
+        return "dicom"
     if any(d is None for d in parsed.values()):
         return "coco"
     if cols:

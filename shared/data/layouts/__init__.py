@@ -10,10 +10,12 @@ from ._base import (
     read_mask,
 )
 from .coco import decode_segmentation, scan_coco
+from .dicom import scan_dicom
 from .kvasir import scan_kvasir
 from .manifest import scan_manifest
 
-LAYOUTS = {"kvasir": scan_kvasir, "coco": scan_coco, "manifest": scan_manifest}
+LAYOUTS = {"kvasir": scan_kvasir, "coco": scan_coco, "manifest": scan_manifest,
+           "dicom": scan_dicom}
 
 __all__ = [
     "BOX_TOLERANCE_PX",
@@ -26,6 +28,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "scan_coco",
+    "scan_dicom",
     "scan_kvasir",
     "scan_manifest",
 ]

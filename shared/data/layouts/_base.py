@@ -224,6 +224,10 @@ def read_image(path: Path) -> np.ndarray:
     Only regular files are read, at most :data:`MAX_FILE_BYTES`, and only when the
     header claims at most :data:`MAX_IMAGE_PIXELS` (else :class:`TooLargeError`).
     """
+    from ..dicom import is_dicom_path, read_frame  # DICOM files and frames (*.dcm#<n>)
+
+    if is_dicom_path(path):
+        return read_frame(path)
     img = _decode(path, cv2.IMREAD_COLOR, "not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
