@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a trained model on images: JSON + overlay PNGs")
     p.add_argument("checkpoint", type=Path, help="model file (model.pt / final_model.pt)")
     p.add_argument("inputs", nargs="+", type=Path,
-                   help="images or folders (searched recursively; regular files only)")
+                   help="images, DICOM files (.dcm: one prediction per frame, named "
+                   "<name>_frame<n>) or folders (searched recursively; regular files only)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: <name>.json (+ <name>_overlay.png) per image, <name> "
                    "its path inside the given folder; a taken name gets -2, -3, ...")

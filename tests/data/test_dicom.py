@@ -269,3 +269,37 @@ def test_site_check_json_never_shows_the_raw_patient_id(tmp_path, capsys, caplog
              *(p.read_bytes().decode("latin-1") for p in written)]
     for raw in ("PAT-A-7741", "PAT-B-1029", "PAT-C-5555"):
         assert not any(raw in t for t in texts), raw
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_writes_one_result_per_frame(tmp_path):
+    import torch
+
+    from endofed.commands import predict as predict_command
+    from endofed.shared.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(preset="tiny", num_classes=1, image_size=64, weights_path=None).eval()
+    ckpt = save_checkpoint(tmp_path / "model.pt", model, extra={"class_names": ["lesion"]})
+    root = tmp_path / "in"
+    write_dicom(root / "clip.dcm", smooth_frames(3), sop=PHOTOGRAPHIC)
+    write_dicom(root / "j.dcm", smooth_frames(1), photometric="YBR_FULL_422",
+                syntax=JPEGBaseline8Bit)
+    write_dicom(root / "ct.dcm", smooth_frames(1), sop=CT_IMAGE)
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser(prog="endofed")
+    predict_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", str(ckpt), str(root), "--out", str(out),
+                              "--device", "cpu"])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    written = sorted(p.name for p in out.glob("*.json"))
+    assert written == ["clip_frame1.json", "clip_frame2.json", "clip_frame3.json",
+                       "j.json", "summary.json"]
+    assert summary["images"] == 4 and (out / "clip_frame2_overlay.png").is_file()
+    assert json.loads((out / "clip_frame2.json").read_text())["image"].endswith(
+        "clip.dcm#2")
+    ((file, reason),) = [(s["file"], s["reason"]) for s in summary["skipped"]]
+    assert file.endswith("ct.dcm") and "SOP class" in reason and "\n" not in reason
