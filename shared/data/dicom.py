@@ -17,6 +17,7 @@ created once).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -153,13 +154,23 @@ def read_header(path: Path, *, group: bool = True) -> DicomHeader:
     return _check_header(path, _read(path, stop_before_pixels=True), group)
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(file: str, mtime_ns: int, size: int):  # -> pydicom Dataset
+    """The parsed file, kept while its frames are read one by one (keyed by mtime/size)."""
+    return _read(Path(file), stop_before_pixels=False)
+
+
 def read_frame(path: Path | str) -> np.ndarray:
     """Decode a DICOM file or frame path to RGB ``uint8 (H, W, 3)`` (see module doc)."""
     from pydicom.encaps import get_frame
     from pydicom.pixels import convert_color_space, pixel_array
 
     file, frame = split_frame_path(path)
-    ds = _read(file, stop_before_pixels=False)
+    try:
+        st = os.stat(file)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from exc
+    ds = _cached_dataset(str(file), st.st_mtime_ns, st.st_size)
     head = _check_header(file, ds, group=False)
     if frame > head.frames:
         raise ImageReadError(f"frame {frame} asked for, the file has {head.frames}")

@@ -303,3 +303,10 @@ def test_predict_writes_one_result_per_frame(tmp_path):
         "clip.dcm#2")
     ((file, reason),) = [(s["file"], s["reason"]) for s in summary["skipped"]]
     assert file.endswith("ct.dcm") and "SOP class" in reason and "\n" not in reason
+
+
+def test_a_rewritten_file_is_read_again(tmp_path):
+    path = write_dicom(tmp_path / "x.dcm", smooth_frames(2), patient_id="P1")
+    first = read_frame(f"{path}#2")
+    write_dicom(path, smooth_frames(2, 32, 32), patient_id="P1")  # same name, new file
+    assert read_frame(f"{path}#2").shape == (32, 32, 3) != first.shape
