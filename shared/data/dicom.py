@@ -234,3 +234,11 @@ def dicom_frames(path: Path, stem: str) -> tuple[list[tuple[Path, str]], str | N
     width = len(str(head.frames))
     return [(frame_path(Path(path), n, head.frames), f"{stem}_frame{n:0{width}d}")
             for n in range(1, head.frames + 1)], None
+
+
+def source_file(path: Path | str) -> tuple[Path, int | None]:
+    """The file behind a record path and its frame (``None`` unless ``<file>#<n>``)."""
+    m = _FRAME_RE.match(str(path))
+    if m is None or m["frame"] is None:
+        return Path(path), None
+    return Path(m["file"]), int(m["frame"])

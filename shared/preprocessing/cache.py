@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from endofed.shared.data.dicom import source_file
 from endofed.shared.data.sample import Sample, SampleRecord
 from endofed.shared.data.site import load_sample
 from endofed.shared.preprocessing.classical_detector import default_detector
@@ -99,7 +100,7 @@ class SiteCache:
         stats = []
         for p in (record.image_path, record.mask_path):
             if p is not None:
-                st = os.stat(p)
+                st = os.stat(source_file(p)[0])  # a DICOM frame path names its file
                 stats.append((str(p), st.st_size, st.st_mtime_ns))
         memo_key = (tuple(stats), record.boxes.tobytes(), record.labels.tobytes())
         cached = self._key_memo.get(memo_key)
@@ -110,7 +111,10 @@ class SiteCache:
         for p in (record.image_path, record.mask_path):
             h.update(b"\x00file\x00")
             if p is not None:
-                h.update(Path(p).read_bytes())
+                file, frame = source_file(p)
+                h.update(file.read_bytes())
+                if frame is not None:  # frames of one DICOM file differ
+                    h.update(f"\x00frame\x00{frame}".encode())
         h.update(np.ascontiguousarray(record.boxes, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(record.labels, dtype=np.int64).tobytes())
         if record.segmentation is not None:

@@ -310,3 +310,16 @@ def test_a_rewritten_file_is_read_again(tmp_path):
     first = read_frame(f"{path}#2")
     write_dicom(path, smooth_frames(2, 32, 32), patient_id="P1")  # same name, new file
     assert read_frame(f"{path}#2").shape == (32, 32, 3) != first.shape
+
+
+def test_preprocessing_cache_keys_each_frame_of_a_file(tmp_path):
+    from endofed.shared.preprocessing.cache import SiteCache
+
+    root = tmp_path / "site"
+    (root / "masks").mkdir(parents=True)
+    write_dicom(root / "clip.dcm", smooth_frames(3, 64, 64))
+    records = scan_site(root).records
+    cache = SiteCache(tmp_path / "cache")
+    assert len({cache.key(r) for r in records}) == 3  # the old key: os.stat failed
+    sample, _ = cache.get(records[1])
+    assert sample.image.ndim == 3 and sample.image.shape[2] == 3
