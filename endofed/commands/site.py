@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = actions.add_parser(
         "check",
         help="scan and validate a site folder",
-        description="Scan a site folder (Kvasir-SEG style, COCO JSON or manifest.csv), "
+        description="Scan a site folder (Kvasir-SEG style, COCO JSON, manifest.csv or DICOM "
+        "+ masks/), "
         "validate every image, mask and box, and summarise what is usable. Paths stay "
         "inside DIR unless DIR/endofed-site.toml lists allowed-roots. Exits non-zero "
         "only when nothing is usable.",
