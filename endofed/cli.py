@@ -57,6 +57,9 @@ USER_ERRORS: frozenset[str] = frozenset({
     "endofed.privacy.accounting.PrivacyBudgetError",
     "endofed.privacy.ledger.LedgerError",
     "endofed.simulations.experiment_spec.ExperimentError",
+    "endofed.shared.model.weights.UnreadableFileError",
+    "endofed.shared.data.layouts._base.UnreadableFileError",
+    "endofed.shared.engine.trainer.ResumeError",
 })
 
 

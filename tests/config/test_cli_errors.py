@@ -140,3 +140,14 @@ def test_ctrl_c_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == EXIT_USER_ERROR
     assert err.strip().splitlines()[-1] == "endofed synth: interrupted"
     assert "Traceback" not in err
+
+
+def test_a_damaged_model_file_is_a_user_error_for_predict(tmp_path, capsys):
+    """A truncated / foreign model file is the user's input: one line naming it, exit 2."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"PK\x03\x04 not really a torch zip")
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    code, err = _run(["predict", str(model), str(image), "--out", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR  # before: 1, as for a bug
+    assert str(model) in err and err.count("\n") == 1
