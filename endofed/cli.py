@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from endofed.shared.config import ConfigError
 
@@ -133,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     prefix = f"endofed {args.command}"
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except SystemExit as exc:
@@ -148,6 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prefix}: {line}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a service manager, ``kill``) unwinds like Ctrl-C, so a command's cleanup
+    runs: ``simulate`` stops its private SuperLink instead of leaving it orphaned.
+    Returns the previous handler (``None`` off the main thread, where none is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":

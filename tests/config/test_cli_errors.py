@@ -125,7 +125,10 @@ def test_user_error_names_resolve():
         assert issubclass(getattr(importlib.import_module(module), cls), Exception), name
 
 
-def test_ctrl_c_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_is_one_line_and_exit_2(tmp_path, sig):
+    """Ctrl-C, and SIGTERM (which before killed the process without cleanup, leaving a
+    simulation's SuperLink orphaned), unwind into one line and exit 2."""
     out = tmp_path / "synth"
     proc = subprocess.Popen(
         [sys.executable, "-m", "endofed.cli", "synth", str(out), "--sites", "50",
@@ -135,7 +138,7 @@ def test_ctrl_c_is_one_line_and_exit_2(tmp_path):
     deadline = time.monotonic() + 60
     while not any(out.glob("site_1/images/*")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_USER_ERROR
     assert err.strip().splitlines()[-1] == "endofed synth: interrupted"
