@@ -134,6 +134,9 @@ def test_ctrl_c_is_one_line_and_exit_2(tmp_path, sig):
         [sys.executable, "-m", "endofed.cli", "synth", str(out), "--sites", "50",
          "--images-per-site", "400"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a background job (CI under `cmd &`) inherits SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler: give the child the terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not any(out.glob("site_1/images/*")) and time.monotonic() < deadline:
