@@ -33,9 +33,8 @@ from .layouts._base import (
     MAX_IMAGE_PIXELS,
     ImageReadError,
     TooLargeError,
-    UnreadableFileError,
     header_size,
-    read_regular_file,
+    read_image_bytes,
 )
 
 DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom")
@@ -98,12 +97,7 @@ def _read(path: Path, stop_before_pixels: bool):  # -> pydicom Dataset
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        data = read_regular_file(path)
-    except ImageReadError:
-        raise
-    except UnreadableFileError as exc:
-        raise ImageReadError(str(exc)) from exc
+    data = read_image_bytes(path)
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:

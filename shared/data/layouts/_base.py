@@ -199,13 +199,19 @@ def header_size(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, i
     return width, height
 
 
-def _decode(path: Path, flags: int, undecodable: str) -> np.ndarray:
+def read_image_bytes(path: Path) -> bytes:
+    """An image file's bytes (regular files only, size-capped); :class:`ImageReadError`
+    for anything that cannot be an image."""
     try:
-        data = read_regular_file(path)
+        return read_regular_file(path)
     except ImageReadError:
         raise
     except UnreadableFileError as exc:
         raise ImageReadError(str(exc)) from exc
+
+
+def _decode(path: Path, flags: int, undecodable: str) -> np.ndarray:
+    data = read_image_bytes(path)
     _check_bytes(path, data)
     header_size(data)
     try:
