@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean venv
+.PHONY: demo test test-slow lint bench clean venv browser
 
 venv: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml requirements.lock | $(VENV)/bin/python
 demo: $(STAMP)
 	$(VENV)/bin/endofed demo --out runs/demo
 
-test: $(STAMP)
+# Headless Chromium + chromedriver for the dashboard's browser tests (tests/dashboard/),
+# installed from Debian only when missing (needs root, as in CI).
+browser:
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
