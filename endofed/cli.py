@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from endofed.commands._common import HelpFormatter
 from endofed.shared.config import ConfigError
 
 #: Exit code of a mistake the user can fix (argparse uses it for bad flags too).
@@ -42,9 +44,15 @@ COMMANDS: dict[str, str] = {
     "report": "endofed.commands.report",
     "simulate": "endofed.commands.simulate",
     "certs": "endofed.commands.certs",
-    "audit": "endofed.commands.audit",
+    "privacy-audit": "endofed.commands.audit",
     "demo": "endofed.commands.demo",
-    "overlay": "endofed.commands.overlay",
+    "overlay-detector": "endofed.commands.overlay",
+}
+
+#: Old command name -> new name: still accepted for one release, with a deprecation line.
+DEPRECATED_COMMANDS: dict[str, str] = {
+    "audit": "privacy-audit",  # it is a membership-inference privacy audit
+    "overlay": "overlay-detector",  # the overlay-noise detector, not a predict overlay
 }
 
 #: Exceptions (besides :class:`ConfigError`, ``OSError`` and ``KeyboardInterrupt``) that
@@ -84,12 +92,34 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return out
 
 
+def _installed(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def version_text() -> str:
+    """``endofed X`` and, on a second line, the torch and Flower versions (read from the
+    installed metadata: nothing is imported)."""
+    return (f"endofed {_installed('endofed')}\n"
+            f"torch {_installed('torch')}, flwr {_installed('flwr')}, Python "
+            f"{sys.version.split()[0]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``endofed`` parser with every registered command (their help shares
+    :class:`HelpFormatter`: defaults shown, epilog examples kept as written)."""
     parser = argparse.ArgumentParser(
         prog="endofed",
         description="Federated lesion detection for endoscopic images.",
+        epilog="example:\n  endofed demo --out runs/demo\n  endofed train site_a site_b "
+               "--out runs/central\n\n'endofed COMMAND --help' explains each command.",
+        formatter_class=HelpFormatter,
     )
     _add_global_flags(parser, top=True)
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the EndoFed, torch and Flower versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():
         try:
@@ -101,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         mod.register(sub)
     for child in _subparsers(parser):
         _add_global_flags(child, top=False)
+        if child.formatter_class in (argparse.HelpFormatter,
+                                     argparse.RawDescriptionHelpFormatter):
+            child.formatter_class = HelpFormatter
     return parser
 
 
@@ -135,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if args.command in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[args.command]
+        print(f"endofed: deprecated: 'endofed {args.command}' is now 'endofed {new}'; "
+              "the old name goes away in the next release", file=sys.stderr)
+        args.command = new
     prefix = f"endofed {args.command}"
     previous = _terminate_as_interrupt()
     try:

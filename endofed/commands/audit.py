@@ -1,4 +1,5 @@
-"""``endofed audit RUN_DIR [--data DIR ...]``: membership-inference audit of a run's model."""
+"""``endofed privacy-audit RUN_DIR [--data DIR,DIR]``: membership-inference audit of a
+run's model (formerly ``endofed audit``, still accepted for one release)."""
 
 from __future__ import annotations
 
@@ -7,50 +8,57 @@ import json
 import sys
 from pathlib import Path
 
+from endofed.commands._common import CommaList
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "audit",
-        help="membership-inference attacks (loss + calibrated) on a run's model, per site",
+        "privacy-audit", aliases=["audit"],
+        help="privacy audit: membership-inference attacks (loss + calibrated) on a run's "
+             "model, per site (old name: audit)",
         description=(
             "Scores each site's training images (members) against its held-out images "
             "(non-members) with a loss-threshold attack and a calibrated attack (offline "
             "LiRA: reference models trained here on halves of the audited images). "
             "Reports AUC and TPR at 1% and 0.1% FPR per site and pooled, in audit.json "
             "and audit.md. Reads RUN_DIR, never changes its model files; reference "
-            "models stay in memory."
+            "models stay in memory. Formerly 'endofed audit' (still accepted for one "
+            "release)."
         ),
+        epilog="example:\n  endofed privacy-audit runs/demo/federated --reference-models 0\n"
+               "  endofed privacy-audit runs/central --data site_a,site_b --out audit/",
     )
-    p.add_argument("run_dir", type=Path,
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a federated run (runs/<run-name>, OUT/runs/<arm>_<dp>_<seed>) "
                         "or a train --out folder")
     p.add_argument(
-        "--data", type=Path, action="append", default=[],
-        help="a site folder (repeat; for a train --out folder: the folders it trained "
-             "on); default: the run's synthetic simulation sites",
+        "--data", action=CommaList, item_type=Path, default=[], metavar="DIR[,DIR...]",
+        help="comma-separated site folders (for a train --out folder: the folders it "
+             "trained on); default: the run's synthetic simulation sites",
     )
-    p.add_argument("--model", type=Path, default=None,
+    p.add_argument("--model", type=Path, default=None, metavar="FILE",
                    help="model file (default: final_model.pt or model.pt in RUN_DIR)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="where audit.json / audit.md go (default: RUN_DIR, also added to "
                         "its report)")
-    p.add_argument("--reference-models", type=int, default=2,
+    p.add_argument("--reference-models", type=int, default=2, metavar="N",
                    help="reference models of the calibrated attack (0 = loss attack only; "
                         "default 2; a per-image sigma needs >= 8)")
     p.add_argument("--reference-finetune", default="target",
                    choices=["target", "global", "local"],
                    help="reference recipe: the audited run's fine-tuning mode (target), or "
                         "local (frozen backbone body: cheaper) / global")
-    p.add_argument("--reference-epochs", type=int, default=None,
+    p.add_argument("--reference-epochs", type=int, default=None, metavar="N",
                    help="epochs per reference model (default: the audited model's total, "
                         "rounds x local-epochs)")
-    p.add_argument("--reference-cache", type=Path, default=None,
+    p.add_argument("--reference-cache", type=Path, default=None, metavar="DIR",
                    help="keep the reference models' per-image losses here and reuse them "
                         "(same recipe, images and seed), e.g. across the arms of one "
                         "experiment; stays on this machine")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="seed of the reference halves and models (default: the run's seed)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -65,11 +73,11 @@ def _run_config(run_dir: Path) -> tuple[dict, bool]:
         try:
             return json.loads(config.read_text()), False
         except json.JSONDecodeError as exc:
-            raise SystemExit(f"endofed audit: {config} is not valid JSON ({exc})") from None
+            raise SystemExit(f"endofed privacy-audit: {config} is not valid JSON ({exc})") from None
     state = load_run_state(run_dir)
     if state is None:
         raise SystemExit(
-            f"endofed audit: {run_dir} has neither config.json (a train --out folder) "
+            f"endofed privacy-audit: {run_dir} has neither config.json (a train --out folder) "
             "nor checkpoints/last.pt (a federated run); pass the run's folder"
         )
     return state.run_config, True
@@ -98,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
-        raise SystemExit(f"endofed audit: {run_dir} is not a folder; pass a run directory")
+        raise SystemExit(f"endofed privacy-audit: {run_dir} is not a folder; pass a run directory")
     model_path = args.model or next(
         (p for p in (run_dir / "final_model.pt", run_dir / "model.pt") if p.exists()), None
     )
     if model_path is None:
-        raise SystemExit(f"endofed audit: {run_dir}: no final_model.pt or model.pt; "
+        raise SystemExit(f"endofed privacy-audit: {run_dir}: no final_model.pt or model.pt; "
                          "pass --model")
     run_config, federated = _run_config(run_dir)
     cfg = EndoFedConfig.from_mapping(run_config)
@@ -113,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec.validate()
     except ValueError as exc:
-        raise SystemExit(f"endofed audit: {exc}") from None
+        raise SystemExit(f"endofed privacy-audit: {exc}") from None
     sites: list[tuple[str, Path]] = [(p.name, p) for p in args.data]
     if not sites:
         csv = run_dir / "metrics.csv"
         if not csv.exists():
-            raise SystemExit("endofed audit: no --data given and the run has no metrics.csv "
-                             "to find its sites; pass --data SITE for each site folder")
+            raise SystemExit("endofed privacy-audit: no --data given and the run has no "
+                             "metrics.csv to find its sites; pass --data SITE,SITE (its "
+                             "site folders)")
         names = sorted(s for s in pd.read_csv(csv)["site"].unique() if s.startswith("site_"))
         sites = [(n, synthetic_site_dir(cfg, int(n.split("_")[1]) - 1)) for n in names]
     configure_threads(cfg.train.threads)
@@ -156,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         audit_sites.append(AuditSite(name, members, non_members))
     if not audit_sites:
-        raise SystemExit(f"endofed audit: no site could be audited ({', '.join(skipped)}); "
+        raise SystemExit(f"endofed privacy-audit: no site could be audited ({', '.join(skipped)}); "
                          "each needs training and held-out images")
 
     epsilon, eps_source = run_epsilon(run_dir)
@@ -168,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             epsilon=epsilon,
         )
     except ValueError as exc:
-        raise SystemExit(f"endofed audit: {exc}") from None
+        raise SystemExit(f"endofed privacy-audit: {exc}") from None
     report.epsilon = {"target": cfg.privacy.epsilon or None, "spent": epsilon,
                       "source": eps_source}
     report.meta = {"run_dir": str(run_dir.resolve()), "model": str(model_path.resolve()),
