@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "privacy-audit": "endofed.commands.audit",
     "demo": "endofed.commands.demo",
     "overlay-detector": "endofed.commands.overlay",
+    "app": "endofed.commands.app",
 }
 
 #: Old command name -> new name: still accepted for one release, with a deprecation line.
@@ -71,6 +72,8 @@ USER_ERRORS: frozenset[str] = frozenset({
     "endofed.shared.model.weights.UnreadableFileError",
     "endofed.shared.data.layouts._base.UnreadableFileError",
     "endofed.shared.engine.trainer.ResumeError",
+    "endofed.privacy.approvals.ApprovalError",
+    "endofed.privacy.audit_trail.AuditTrailError",
 })
 
 
