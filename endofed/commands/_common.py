@@ -70,7 +70,7 @@ def add_config_flags(
     for flag, (key, typ, metavar, help_) in CONFIG_FLAGS.items():
         if only is not None and flag not in only:
             continue
-        if defaults and key in defaults:
+        if defaults and key in defaults and defaults[key] != base.get(key):
             shown = f"{format_default(defaults[key])}, for this command"
             if key in base:
                 shown += f"; the config default is {format_default(base[key])}"
@@ -102,9 +102,20 @@ def format_default(value: Any) -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs keep their line breaks; every flag's help ends with
-    ``(default: X)`` when it has a default worth showing (not ``None``, not SUPPRESS, not
-    an off switch, not an empty list) and its text does not already state one."""
+    """Every flag's help ends with ``(default: X)`` when it has a default worth showing
+    (not ``None``, not SUPPRESS, not an off switch, not an empty list) and its text does
+    not already state one. In descriptions and epilogs a one-line paragraph is wrapped to
+    the terminal; a paragraph of several lines (``example:`` and its commands) is kept
+    exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.split("\n\n"):
+            if "\n" in para:
+                out.append("\n".join(indent + line for line in para.splitlines()))
+            else:
+                out.append(argparse.HelpFormatter._fill_text(self, para, width, indent))
+        return "\n\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

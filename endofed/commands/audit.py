@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "privacy-audit", aliases=["audit"],
         help="privacy audit: membership-inference attacks (loss + calibrated) on a run's "
-             "model, per site (old name: audit)",
+             "model, per site",
         description=(
             "Scores each site's training images (members) against its held-out images "
             "(non-members) with a loss-threshold attack and a calibrated attack (offline "

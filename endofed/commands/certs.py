@@ -1,10 +1,11 @@
-"""``endofed certs OUT --sites a,b,c``: TLS certificates and SuperNode auth keys."""
+"""``endofed certs --out DIR --sites a,b,c``: TLS certificates and SuperNode auth keys."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
+
+from endofed.commands._common import CommaList, add_out_flag, out_path
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +22,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "certs",
         help="create a CA, the SuperLink TLS certificate and one auth key pair per site",
-        description="Write OUT/ca.{crt,key}, OUT/superlink.{crt,key} (signed by the CA, "
+        description="Write DIR/ca.{crt,key}, DIR/superlink.{crt,key} (signed by the CA, "
         "valid for localhost, 127.0.0.1, ::1 and every --superlink-host) and "
-        "OUT/supernodes/<site>/auth.{key,pub} (EC P-384, OpenSSH format, as "
+        "DIR/supernodes/<site>/auth.{key,pub} (EC P-384, OpenSSH format, as "
         "flower-supernode --auth-supernode-private-key and flwr supernode register "
-        "expect), plus OUT/manifest.json. Private keys get mode 0600. See "
+        "expect), plus DIR/manifest.json. Private keys get mode 0600. See "
         "docs/SECURITY.md for the deployment commands.",
+        epilog="example:\n  endofed certs --out certs --sites hosp-a,hosp-b "
+               "--superlink-host fl.example.org,10.0.0.5",
     )
-    p.add_argument("out", type=Path, metavar="OUT", help="output folder")
-    p.add_argument("--sites", type=_names, required=True,
+    add_out_flag(p, help="output folder (required; the old positional OUT still works)")
+    p.add_argument("--sites", type=_names, required=True, metavar="NAMES",
                    help="comma-separated site (hospital) names")  # fmt: skip
     p.add_argument(
-        "--superlink-host", action="append", default=[], metavar="HOST",
-        help="DNS name or IP address the SuperLink is reached by (repeatable)",
+        "--superlink-host", action=CommaList, default=[], metavar="HOST[,HOST...]",
+        help="comma-separated DNS names or IP addresses the SuperLink is reached by, "
+             "besides localhost (repeating the flag is deprecated)",
     )  # fmt: skip
-    p.add_argument("--days", type=int, default=365, help="certificate validity (default 365)")
+    p.add_argument("--days", type=int, default=365, metavar="N",
+                   help="certificate validity in days (default 365)")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.set_defaults(func=run)
 
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bundle = generate_certificates(
-            args.out, args.sites, superlink_hosts=args.superlink_host, days=args.days,
+            out_path(args), args.sites, superlink_hosts=args.superlink_host, days=args.days,
             force=args.force,
         )  # fmt: skip
     except FileExistsError as exc:

@@ -7,13 +7,25 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on site folders: metrics.json + report")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("data", nargs="+", type=Path, help="site folders (all images evaluated)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--score-thresh", type=float, default=0.05)
+    p = sub.add_parser(
+        "evaluate", help="evaluate a model on site folders: metrics.json + report",
+        description="Run MODEL on every image of the site folders and write the paper's "
+        "metrics (mAP, Dice, AUC, sensitivity / specificity at the threshold stored in the "
+        "model) to DIR/metrics.json and DIR/report.md.",
+        epilog="example:\n  endofed evaluate runs/central/model.pt data/site_c --out eval/site_c",
+    )
+    p.add_argument("checkpoint", type=Path, metavar="MODEL",
+                   help="model file (model.pt, final_model.pt or a round checkpoint)")
+    p.add_argument("data", nargs="+", type=Path, metavar="DIR",
+                   help="site folders (all images evaluated)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where metrics.json and report.md go")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--score-thresh", type=float, default=0.05, metavar="SCORE",
+                   help="lowest box score kept for mAP (low, so the precision-recall curve "
+                        "is complete; the verdict uses the model's stored threshold)")
     p.set_defaults(func=run)
 
 

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "overlay-detector", aliases=["overlay"],
         help="train / evaluate the learned detector of overlay noise (border, text, panel, "
-             "tube) that preprocess can crop away (old name: overlay)",
+             "tube) that preprocess can crop away",
         description="The optional learned overlay detector: the improved SSD trained on "
         "composites of overlay-free frames and synthetic overlays (black border, burnt-in "
         "text, panels, tube). preprocess --detector learned --detector-path FILE uses it. "

@@ -19,22 +19,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "cutting lesions, inpaint remaining text, then median + Sym4 wavelet "
             "denoising. Output is a Kvasir-SEG style folder any EndoFed loader reads."
         ),
+        epilog="example:\n  endofed preprocess data/site_a --out data/site_a_clean --workers 2",
     )
     p.add_argument("site_dir", type=Path, metavar="DIR", help="site folder (any layout)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="default: OUT/.cache")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel processes (default 1)")
+    p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="cache of processed images (default: OUT/.cache)")
     p.add_argument("--no-crop", action="store_true", help="keep the full frame")
     p.add_argument("--no-inpaint", action="store_true", help="do not inpaint burnt-in text")
     p.add_argument("--no-denoise", action="store_true", help="no median and no wavelet stage")
     p.add_argument("--no-median", action="store_true", help="skip the 5x5 median filter")
     p.add_argument("--no-wavelet", action="store_true", help="skip the Sym4 wavelet stage")
-    p.add_argument("--detector", default="classical",
+    p.add_argument("--detector", default="classical", metavar="KIND",
                    help="overlay detector: classical (default) or learned (needs --detector-path)")
-    p.add_argument("--detector-path", default=None, help="weights file of a learned detector")
-    p.add_argument("--wavelet-levels", type=int, default=None)
-    p.add_argument("--threshold", choices=("BayesShrink", "VisuShrink"), default=None)
-    p.add_argument("--threshold-mode", choices=("soft", "hard"), default=None)
+    p.add_argument("--detector-path", default=None, metavar="FILE",
+                   help="weights file of a learned detector (endofed overlay-detector train)")
+    p.add_argument("--wavelet-levels", type=int, default=None, metavar="N",
+                   help="Sym4 wavelet decomposition levels (default: the preprocessing "
+                        "config's)")
+    p.add_argument("--threshold", choices=("BayesShrink", "VisuShrink"), default=None,
+                   help="wavelet coefficient threshold rule (default: the preprocessing "
+                        "config's)")
+    p.add_argument("--threshold-mode", choices=("soft", "hard"), default=None,
+                   help="soft or hard wavelet thresholding (default: the preprocessing "
+                        "config's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

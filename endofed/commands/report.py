@@ -7,8 +7,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="re-render report.md and plots of a run directory")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser(
+        "report", help="re-render report.md and plots of a run directory",
+        description="Re-render RUN_DIR/report.md and its plots from the run's metrics.csv "
+        "(a federated run: runs/<run-name>). The model files are not touched.",
+        epilog="example:\n  endofed report runs/demo/federated",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run's folder")
     p.set_defaults(func=run)
 
 

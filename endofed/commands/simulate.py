@@ -28,47 +28,60 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Every arm trains on the same virtual hospitals, the same patient-aware "
             "train/val split and the same budget (rounds x local-epochs epochs), and is "
             "evaluated here on each hospital's val split. Writes results.csv, summary.md "
-            "and plots/ to --out; rerunning the same command resumes the grid."
+            "and plots/ to --out; rerunning the same command resumes the grid.\n\n"
+            "Defaults: preset lite0 (the ImageNet-pretrained model the federation runs, "
+            "as for train; the bare run config's tiny is for tests), the preset's input "
+            "size, 5 rounds of 1 local epoch. endofed demo differs on purpose (128 px, "
+            "2 local epochs, lr 0.003) to finish in minutes on a laptop."
         ),
+        epilog="example:\n  endofed simulate --out runs/grid --arms central,local,fedavg "
+               "--dp none,8 --rounds 5\n  endofed simulate --data data/kvasir --sites 4 "
+               "--partition dirichlet:0.5 --out runs/kvasir",
     )
-    p.add_argument("--data", type=str, default="synthetic",
+    p.add_argument("--data", type=str, default="synthetic", metavar="DIR[,DIR...]|synthetic",
                    help="comma-separated data folders, or 'synthetic' (default)")
-    p.add_argument("--sites", type=int, default=3, help="number of virtual hospitals K")
-    p.add_argument("--partition", default="iid",
+    p.add_argument("--sites", type=int, default=3, metavar="N",
+                   help="number of virtual hospitals K")
+    p.add_argument("--partition", default="iid", metavar="KIND",
                    help="how the pooled data is split into hospitals: iid, "
                    "dirichlet:A[,MIN] (MIN = fewest images per hospital), source")
-    p.add_argument("--arms", type=_csv, default=_csv("central,local,fedavg"),
+    p.add_argument("--arms", type=_csv, default=_csv("central,local,fedavg"), metavar="ARMS",
                    help="central, local and/or strategies (fedavg, fedprox, fedadam, "
                         "fedmedian, ...); 'X+prep' enables site preprocessing")
-    p.add_argument("--dp", type=_csv, default=["none"],
-                   help="per-site DP budgets for federated arms, e.g. none,8,4,1")
-    p.add_argument("--rounds", type=int, default=5, help="federated rounds R")
-    p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round E")
-    p.add_argument("--preset", default="lite0",
-                   help="model preset (lite0/lite1/lite2: ImageNet-pretrained; tiny, cpu, ...)")
-    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated training seeds")
-    p.add_argument("--out", type=Path, required=True, help="experiment directory")
-    p.add_argument("--holdout-site", type=Path, default=None,
+    p.add_argument("--dp", type=_csv, default=["none"], metavar="EPS[,EPS...]",
+                   help="comma-separated per-site DP budgets for federated arms, e.g. "
+                        "none,8,4,1")
+    p.add_argument("--rounds", type=int, default=5, metavar="N", help="federated rounds R")
+    p.add_argument("--local-epochs", type=int, default=1, metavar="N",
+                   help="local epochs per round E")
+    p.add_argument("--preset", default="lite0", metavar="NAME",
+                   help="model preset (lite0/lite1/lite2: ImageNet-pretrained; tiny, cpu, "
+                        "...); lite0 as for train, not the bare config's tiny")
+    p.add_argument("--seeds", type=_ints, default=[0], metavar="N[,N...]",
+                   help="comma-separated training seeds")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="experiment directory")
+    p.add_argument("--holdout-site", type=Path, default=None, metavar="DIR",
                    help="a hospital folder never trained on; every model is also evaluated there")
     p.add_argument("--device-shift", action="store_true",
                    help="give each virtual hospital its own simulated endoscope colour profile")
     p.add_argument("--preprocess-ablation", action="store_true",
                    help="also run each federated arm with site preprocessing ('X+prep')")
-    p.add_argument("--images-per-site", type=int, default=24,
+    p.add_argument("--images-per-site", type=int, default=24, metavar="N",
                    help="images per synthetic hospital (synthetic data only)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="model input size in pixels (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
-    p.add_argument("--limit-images", type=int, default=0,
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch")
+    p.add_argument("--limit-images", type=int, default=0, metavar="N",
                    help="use at most N images per data folder (0 = all), for quick runs")
-    p.add_argument("--split-seed", type=int, default=0,
+    p.add_argument("--split-seed", type=int, default=0, metavar="N",
                    help="seed of the partition and the train/val split (fixed for all arms)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="FRACTION",
                    help="patient-aware validation share of each hospital")
-    p.add_argument("--cpus-per-client", type=float, default=1.0,
+    p.add_argument("--cpus-per-client", type=float, default=1.0, metavar="N",
                    help="CPUs reserved per simulated hospital")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds before a federated run is abandoned")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds before a federated run is abandoned (default: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_flags(p, only=["--lr", "--device", "--class-names", "--threads", "--max-steps"])
     p.set_defaults(func=run)

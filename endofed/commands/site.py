@@ -13,7 +13,11 @@ LAYOUT_CHOICES = ("auto", "kvasir", "coco", "manifest", "dicom")
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``site`` (with its ``check`` action) to the ``endofed`` parser."""
     site = subparsers.add_parser(
-        "site", help="inspect a site's data folder, join a federation"
+        "site", help="inspect a site's data folder, join a federation",
+        description="A hospital's side of EndoFed: check its data folder, join a "
+        "federation, read its privacy budget. 'endofed site ACTION --help' explains each.",
+        epilog="example:\n  endofed site check data/site_a\n  endofed site ledger "
+               "--site-name hosp-a",
     )
     actions = site.add_subparsers(dest="site_command", metavar="ACTION")
     check = actions.add_parser(
@@ -24,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate every image, mask and box, and summarise what is usable. Paths stay "
         "inside DIR unless DIR/endofed-site.toml lists allowed-roots. Exits non-zero "
         "only when nothing is usable.",
+        epilog="example:\n  endofed site check data/site_a --layout kvasir",
     )
     check.add_argument("dir", metavar="DIR", help="the site's data folder")
     check.add_argument("--json", action="store_true", help="print JSON instead of tables")

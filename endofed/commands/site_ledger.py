@@ -16,8 +16,10 @@ def register_ledger(actions: argparse._SubParsersAction) -> None:
         description="Read the site's persistent privacy ledger (never writes it) and show "
         "its epsilon target, what every study spent, and what is left. Exits 1 if there "
         "is no ledger yet.",
+        epilog="example:\n  endofed site ledger --site-name hosp-a --state-dir /srv/endofed/state",
     )
-    ledger.add_argument("--site-name", required=True, metavar="NAME")
+    ledger.add_argument("--site-name", required=True, metavar="NAME",
+                        help="the site's name (its node config site-name)")
     ledger.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="the SuperNode's state-dir (default ~/.endofed/state)")
     ledger.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -9,6 +9,14 @@ from pathlib import Path
 
 from endofed.commands._common import add_config_flags, config_from_args
 
+#: train's own defaults over the run config's (which the Flower apps share).
+TRAIN_DEFAULTS: dict[str, object] = {"preset": "lite0", "threads": 0}
+_WHY = {
+    "preset": "train is the baseline of a real federation, which runs the "
+              "ImageNet-pretrained lite0 (pyproject's run config); the bare config's tiny "
+              "is for fast tests",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,16 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Pools the site folders, splits them patient-aware, trains and keeps the best "
             "epoch by validation mAP@0.5. With -c dp-epsilon=E it trains with DP-SGD "
-            "(Opacus, the federation's privacy entry point; ledger in OUT). An existing "
+            "(Opacus, the federation's privacy entry point; ledger in --out). An existing "
             "OUT/checkpoints/last.pt is resumed exactly (same preset, size, classes and "
             "DP settings required) unless --no-resume."
         ),
+        epilog="example:\n  endofed train data/site_a data/site_b --out runs/central "
+               "--epochs 20\n  endofed train data/site_a --out runs/central_dp "
+               "-c dp-epsilon=8",
     )
-    p.add_argument("data", nargs="+", type=Path, help="site folders (pooled)")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("data", nargs="+", type=Path, metavar="DIR", help="site folders (pooled)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory")
     p.add_argument("--no-resume", action="store_true",
                    help="start over: ignore (and replace) OUT/checkpoints/last.pt")
-    add_config_flags(p)
+    add_config_flags(p, defaults=TRAIN_DEFAULTS, why=_WHY)
     p.set_defaults(func=run)
 
 
@@ -37,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from endofed.shared.model.weights import UnreadableFileError
     from endofed.simulations.central import train_central
 
-    cfg = config_from_args(args, {"preset": "lite0", "threads": 0})
+    cfg = config_from_args(args, dict(TRAIN_DEFAULTS))
     try:
         result = train_central(cfg, args.data, args.out, resume=not args.no_resume)
     except (ResumeError, UnreadableFileError, PrivacyBudgetError, LedgerError) as exc:
