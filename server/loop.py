@@ -50,7 +50,7 @@ from endofed.server.strategies import (
     load_strategy_state,
     strategy_state,
 )
-from endofed.shared.build import model_for
+from endofed.shared.build import checkpoint_preprocess, model_for
 from endofed.shared.config import ConfigError, EndoFedConfig
 from endofed.shared.metrics.scalars import improves
 from endofed.shared.model import load_trainable_state, save_checkpoint, trainable_state
@@ -454,6 +454,8 @@ class FederatedRun:
         )
         extra = {"class_names": list(self.cfg.data.class_names),
                  "run_name": self.cfg.federation.run_name,
+                 "study_id": self.study_id,
+                 "preprocess": checkpoint_preprocess(self.cfg),
                  **{k: v for k, v in extra.items() if v is not None}}
         return save_checkpoint(self.run_dir / name, self.model, extra=to_checkpoint(extra))
 

@@ -30,15 +30,16 @@ from endofed.shared.preprocessing import (
 
 def preprocess_config_for(cfg: EndoFedConfig) -> PreprocessConfig:
     """The site's :class:`~endofed.shared.preprocessing.PreprocessConfig` from the config."""
-    p = cfg.preprocess
-    return PreprocessConfig(
-        detect_overlays=p.preprocess_crop or p.preprocess_inpaint,
-        detector=p.preprocess_detector,
-        crop=p.preprocess_crop,
-        inpaint_text=p.preprocess_inpaint,
-        median=p.preprocess_denoise and p.preprocess_median,
-        wavelet=p.preprocess_denoise and p.preprocess_wavelet,
-    )
+    return PreprocessConfig.from_section(cfg.preprocess)
+
+
+def checkpoint_preprocess(cfg: EndoFedConfig) -> dict:
+    """The preprocessing a model is trained with, for its checkpoint's ``extra``:
+    ``{"enabled": False}`` or ``{"enabled": True, "config": PreprocessConfig.to_dict()}``.
+    ``endofed predict`` applies it to every input (:mod:`endofed.shared.inference`)."""
+    if not cfg.preprocess.preprocess:
+        return {"enabled": False}
+    return {"enabled": True, "config": preprocess_config_for(cfg).to_dict()}
 
 
 def preprocess_cache_dir(cfg: EndoFedConfig) -> Path:

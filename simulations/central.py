@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from endofed.shared.build import loader_for, model_for, train_val_datasets
+from endofed.shared.build import (
+    checkpoint_preprocess,
+    loader_for,
+    model_for,
+    train_val_datasets,
+)
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.data.labels import harmonize_labels
 from endofed.shared.data.sample import SampleRecord
@@ -286,7 +291,8 @@ class _EpochLog:
         if improves(float(metrics["map50"]), best_value):
             extra = {"class_names": list(cfg.data.class_names), "epoch": epoch,
                      "val_map50": float(metrics["map50"]),
-                     "operating_point": point.to_dict()}
+                     "operating_point": point.to_dict(),
+                     "preprocess": checkpoint_preprocess(cfg)}
             save_checkpoint(self.ckdir / BEST_MODEL, model, extra=extra)
             state = acc.state()
             atomic_save(self.ckdir / BEST_STATE, lambda tmp: _save_npz(tmp, state))

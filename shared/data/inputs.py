@@ -1,4 +1,5 @@
-"""Images given on a command line (``endofed predict``): listed, checked, named uniquely.
+"""Images and videos given on a command line (``endofed predict``): listed, checked,
+named uniquely.
 
 The files are read later with the site scan's own :func:`~shared.data.layouts.read_image`
 (regular files only, pixel cap before decoding); this module decides *which* files and
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .dicom import DICOM_EXTENSIONS, dicom_frames
 from .layouts._base import IMAGE_EXTENSIONS, not_regular_reason
+from .video import VIDEO_EXTENSIONS, is_video_path
 
 #: Output stems that are taken already (``summary.json`` of ``endofed predict``).
 RESERVED_NAMES = ("summary",)
@@ -21,10 +23,16 @@ RESERVED_NAMES = ("summary",)
 
 @dataclass(frozen=True)
 class InputImage:
-    """An image to read and the output stem (a relative POSIX path) for its results."""
+    """An image (or video) to read and the output stem (a relative POSIX path) for its
+    results."""
 
     path: Path
     name: str
+
+    @property
+    def is_video(self) -> bool:
+        """A video file (:data:`~shared.data.video.VIDEO_EXTENSIONS`): sampled, not read whole."""
+        return is_video_path(self.path)
 
 
 def _walk(folder: Path, exclude: Path | None) -> Iterable[Path]:
@@ -36,7 +44,7 @@ def _walk(folder: Path, exclude: Path | None) -> Iterable[Path]:
             if exclude is None or Path(os.path.realpath(here / d)) != exclude
         )
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS + DICOM_EXTENSIONS + VIDEO_EXTENSIONS:
                 yield here / name
 
 

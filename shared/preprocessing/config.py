@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 # Bump whenever the algorithms change in a way that changes their output: it is part
 # of every cache key, so a new version never reuses results of an old one.
@@ -77,6 +78,30 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_section(cls, p: Any) -> PreprocessConfig:
+        """The pipeline a config's ``preprocess-*`` keys describe
+        (:class:`~endofed.shared.config.sections.PreprocessConfigRef`)."""
+        return cls(
+            detect_overlays=p.preprocess_crop or p.preprocess_inpaint,
+            detector=p.preprocess_detector,
+            crop=p.preprocess_crop,
+            inpaint_text=p.preprocess_inpaint,
+            median=p.preprocess_denoise and p.preprocess_median,
+            wavelet=p.preprocess_denoise and p.preprocess_wavelet,
+        )
+
+    @classmethod
+    def from_record(cls, record: dict, *, origin: str = "") -> PreprocessConfig:
+        """Rebuild from :meth:`to_dict` output (a checkpoint's record); unknown keys are
+        an error naming ``origin``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"{origin or 'preprocessing record'}: unknown preprocessing "
+                             f"setting(s) {unknown}")
+        return cls(**record)
 
     def fingerprint(self) -> str:
         """Stable hash of every field (the version included): part of cache keys."""
