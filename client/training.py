@@ -24,6 +24,7 @@ from endofed.privacy.ledger import PrivacyLedger, ledger_path
 from endofed.privacy.reply_policy import private_reply_metrics
 from endofed.shared import protocol
 from endofed.shared.engine import Trainer, build_scheduler, evaluate, study_schedule_span
+from endofed.shared.engine.rng import derived_seed, seed_process
 from endofed.shared.metrics import MetricAccumulator
 from endofed.shared.model import load_trainable_state, trainable_state
 
@@ -112,6 +113,13 @@ def local_train(
         PrivacyBudgetError: a DP site's budget does not allow the round (nothing ran).
     """
     load_global(rt, arrays)
+    # Augmentation and dropout draw from the process's global generators. A simulation
+    # process serves several sites in turn, in whatever order Ray schedules them, so the
+    # generators are re-seeded from (seed, site, round) for every round: the same study
+    # gives the same updates. DP noise and Poisson sampling use their own OS-seeded
+    # generators (privacy/dp.py) and are not affected.
+    server_round = int(round_config.get(protocol.SERVER_ROUND, 1))
+    seed_process(derived_seed(rt.cfg.train.seed, rt.name, server_round))
     if rt.cfg.privacy.enabled:
         metrics = _private_round(rt, round_config)
     else:

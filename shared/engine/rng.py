@@ -9,6 +9,7 @@ state is stored as tensors, ints, floats and lists only, so the resume state loa
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -52,3 +53,16 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
     if generator is not None and state.get("loader") is not None:
         generator.set_state(state["loader"].to(torch.uint8))
+
+
+def derived_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed from ``seed`` and ``keys`` (e.g. site name, round), stable across machines."""
+    blob = repr((int(seed), *keys)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def seed_process(seed: int) -> None:
+    """Seed torch's global generator (CPU and CUDA), numpy's and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
