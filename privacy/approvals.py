@@ -384,7 +384,7 @@ def sign_app_dir(app_dir: Path, private_key_file: Path) -> Path:
     name, reason = _check_signature(fab, {"self": public})
     if name is None:  # pragma: no cover - would be a bug in this module
         raise ApprovalError(f"{app_dir}: the new signature does not verify: {reason}")
-    log.info("signed %d files of %s with %s", len(manifest), app_dir, key_fingerprint(public))
+    log.debug("signed %d files of %s with %s", len(manifest), app_dir, key_fingerprint(public))
     return path
 
 
@@ -473,7 +473,7 @@ class ApprovalStore:
                     return r
             new = Approval("hash", fab_hash, _now(), note=note, source=source)
             self._write([*records, new])
-        log.info("approved FAB %s", fab_hash)
+        log.debug("approved FAB %s", fab_hash)
         return new
 
     def approve_fab_file(self, fab_path: Path, *, note: str = "") -> Approval:
@@ -504,7 +504,7 @@ class ApprovalStore:
                                                                   .resolve()),
                            public_key=openssh_public(key), fingerprint=fp)
             self._write([*records, new])
-        log.info("trusted publisher %s (%s)", name, fp)
+        log.debug("trusted publisher %s (%s)", name, fp)
         return new
 
     def revoke(self, ident: str) -> Approval:
@@ -529,7 +529,7 @@ class ApprovalStore:
             target = hits[0]
             revoked = Approval(**{**target.to_dict(), "revoked_at": _now()})
             self._write([revoked if r is target else r for r in records])
-        log.info("revoked %s %s", target.kind, target.ident)
+        log.debug("revoked %s %s", target.kind, target.ident)
         return revoked
 
     def list(self, *, include_revoked: bool = False) -> list[Approval]:

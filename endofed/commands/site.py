@@ -35,11 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                        help="folder layout (default: detect)")
     check.set_defaults(func=run_check)
+    from endofed.commands.site_approvals import register_approvals
     from endofed.commands.site_join import register_join
     from endofed.commands.site_ledger import register_ledger
+    from endofed.commands.site_log import register_log
 
     register_join(actions)
     register_ledger(actions)
+    register_approvals(actions)
+    register_log(actions)
     site.set_defaults(func=lambda args: (site.print_help(), 2)[1])
 
 
