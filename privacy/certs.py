@@ -363,7 +363,9 @@ def load_bundle(out_dir: Path) -> CertBundle:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no manifest; run `endofed certs {out}` first") from None
+        raise FileNotFoundError(
+            f"{path}: no manifest; run `endofed certs --out {out}` first"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     try:

@@ -66,11 +66,11 @@ class LearnedDetector:
         path = self.config.detector_path
         if not path:
             raise ValueError("the learned overlay detector needs PreprocessConfig.detector_path "
-                             "(a file written by `endofed overlay train`)")
+                             "(a file written by `endofed overlay-detector train`)")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"overlay detector checkpoint {path} does not exist "
-                                    "(train one with `endofed overlay train --out FILE`)")
+                                    "(train one with `endofed overlay-detector train --out FILE`)")
         try:
             ckpt = read_checkpoint(path)
         except Exception as exc:  # unreadable / foreign file
