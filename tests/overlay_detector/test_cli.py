@@ -1,4 +1,4 @@
-"""``endofed overlay train|eval``: a checkpoint is written, evaluated, and errors are clear."""
+"""``endofed overlay-detector train|eval``: a checkpoint is written, evaluated, errors clear."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from endofed.cli import main
 
 def test_overlay_train_then_eval(tmp_path, capsys):
     ckpt = tmp_path / "overlay.pt"
-    assert main(["overlay", "train", "--out", str(ckpt), "--images", "8", "--epochs", "1",
+    assert main(["overlay-detector", "train", "--out", str(ckpt), "--images", "8", "--epochs", "1",
                  "--image-size", "64", "--batch-size", "4", "--device", "cpu"]) == 0
     assert ckpt.is_file() and "wrote overlay detector" in capsys.readouterr().out
-    assert main(["overlay", "eval", str(ckpt), "--images", "4", "--size", "96"]) == 0
+    assert main(["overlay-detector", "eval", str(ckpt), "--images", "4", "--size", "96"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["recall"]) == {"border", "text", "box", "tube", "all"}
     assert result["recall"]["border"]["total"] > 0
@@ -22,4 +22,4 @@ def test_overlay_train_then_eval(tmp_path, capsys):
 
 def test_overlay_eval_of_a_missing_file(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
-        main(["overlay", "eval", str(tmp_path / "nope.pt"), "--images", "2"])
+        main(["overlay-detector", "eval", str(tmp_path / "nope.pt"), "--images", "2"])

@@ -45,9 +45,9 @@ def test_overfitted_model_leaks_membership_and_fresh_model_does_not(tmp_path):
 
 
 def _audit(run_dir, *args):
-    """``endofed audit RUN_DIR ARGS`` in a subprocess (the real CLI)."""
+    """``endofed privacy-audit RUN_DIR ARGS`` in a subprocess (the real CLI)."""
     return subprocess.run(
-        [sys.executable, "-m", "endofed.cli", "audit", str(run_dir), *map(str, args),
+        [sys.executable, "-m", "endofed.cli", "privacy-audit", str(run_dir), *map(str, args),
          "--device", "cpu", "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -74,9 +74,9 @@ def test_audit_command_skips_a_site_it_cannot_audit(tmp_path, capsys):
     write_site(tmp_path / "tiny", n_images=1, seed=4, size=(96, 96))
 
     def audit(*sites):
-        return main(["audit", str(run_dir), *[a for s in sites for a in ("--data",
-                     str(tmp_path / s))], "--reference-models", "0", "--device", "cpu",
-                     "--no-progress"])
+        return main(["privacy-audit", str(run_dir), "--data",
+                     ",".join(str(tmp_path / s) for s in sites), "--reference-models", "0",
+                     "--device", "cpu", "--no-progress"])
 
     assert audit("good", "tiny") == 0
     res = capsys.readouterr()
@@ -163,8 +163,8 @@ def test_audit_of_a_train_folder_uses_its_pooled_split(tmp_path):
         write_site(tmp_path / name, n_images=10, seed=seed, size=(96, 96))
     from endofed.cli import main
 
-    assert main(["audit", str(run_dir), "--data", str(tmp_path / "a"), "--data",
-                 str(tmp_path / "b"), "--reference-models", "0", "--no-progress"]) == 0
+    assert main(["privacy-audit", str(run_dir), "--data", f"{tmp_path / 'a'},{tmp_path / 'b'}",
+                 "--reference-models", "0", "--no-progress"]) == 0
     report = json.loads((run_dir / "audit.json").read_text())
     assert report["run_kind"] == "central"
     pooled = [r for p in ("a", "b")

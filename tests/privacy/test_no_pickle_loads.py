@@ -167,12 +167,12 @@ def test_audit_model_and_run_state(site, tmp_path, marker, evil, capsys):
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"preset": "tiny", "image-size": 64}))
     model = evil(run_dir / "model.pt")
-    _refused(["audit", str(run_dir), "--data", str(site)], model, marker, capsys)
+    _refused(["privacy-audit", str(run_dir), "--data", str(site)], model, marker, capsys)
 
     fed = tmp_path / "fed-run"
     last = evil(fed / "checkpoints" / "last.pt")
     (fed / "final_model.pt").write_bytes(_model_file(tmp_path).read_bytes())
-    _refused(["audit", str(fed), "--data", str(site)], last, marker, capsys)
+    _refused(["privacy-audit", str(fed), "--data", str(site)], last, marker, capsys)
 
 
 def test_predict_model(site, tmp_path, marker, evil, capsys):
