@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "privacy-audit": "endofed.commands.audit",
     "demo": "endofed.commands.demo",
     "overlay-detector": "endofed.commands.overlay",
+    "dashboard": "endofed.commands.dashboard",
     "app": "endofed.commands.app",
 }
 
