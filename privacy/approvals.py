@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -142,7 +142,7 @@ def load_public_key(path: Path) -> ed25519.Ed25519PublicKey:
             key = serialization.load_pem_public_key(text)
         else:
             key = serialization.load_ssh_public_key(text)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ApprovalError(f"{path}: not a PEM or OpenSSH public key ({exc})") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ApprovalError(f"{path}: the key is {type(key).__name__}, not ed25519")
@@ -161,7 +161,7 @@ def load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
     except TypeError:
         raise ApprovalError(f"{path}: the private key is encrypted; EndoFed signs with an "
                             "unencrypted key (keep it offline)") from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise ApprovalError(f"{path}: not a PEM or OpenSSH private key ({exc})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ApprovalError(f"{path}: the key is {type(key).__name__}, not ed25519")
@@ -275,6 +275,7 @@ def _parse_signature(raw: bytes) -> dict[str, Any]:
 def _check_signature(fab_content: bytes,
                      keys: Mapping[str, ed25519.Ed25519PublicKey]) -> tuple[str | None, str]:
     """``(publisher name or None, reason)`` for the FAB's signature against ``keys``."""
+    actual = fab_manifest(fab_content)  # first: refuse unsafe or damaged zips outright
     raw = _read_signature_entry(fab_content)
     if raw is None:
         return None, "it carries no publisher signature"
@@ -295,7 +296,6 @@ def _check_signature(fab_content: bytes,
             key.verify(signature, message)
         except InvalidSignature:
             continue
-        actual = fab_manifest(fab_content)
         if actual != signed:
             return None, f"signed by {name!r}, but {_manifest_diff(signed, actual)}"
         return name, f"signed by trusted publisher {name!r}"
@@ -560,7 +560,7 @@ class ApprovalStore:
                 continue
             try:
                 key = serialization.load_ssh_public_key(r.public_key.encode("ascii"))
-            except (ValueError, serialization.UnsupportedAlgorithm):
+            except (ValueError, UnsupportedAlgorithm):
                 return Decision(False, f"{self.path}: publisher {r.ident!r} has an "
                                 "unreadable public key")
             if isinstance(key, ed25519.Ed25519PublicKey):
