@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-LAYOUT_CHOICES = ("auto", "kvasir", "coco", "manifest", "dicom")
+LAYOUT_CHOICES = ("auto", "kvasir", "coco", "manifest", "dicom", "video")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

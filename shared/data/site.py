@@ -21,6 +21,7 @@ from .layouts._base import (
 from .layouts.coco import is_coco
 from .layouts.dicom import has_dicom
 from .layouts.manifest import BOX_COLUMNS
+from .layouts.video import has_videos
 from .sample import NORMAL_CLASS_NAME, Sample, SampleRecord, SiteIndex, image_label
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ EXPECTED_LAYOUTS = (
     "expected one of: 'kvasir' (images/ [+ masks/ with the same stems] "
     "[+ *bboxes*.json] [+ manifest.csv]), 'coco' (a *.json with images/annotations/"
     "categories keys beside the images or an images/ folder), 'manifest' (manifest.csv "
-    "with at least an 'image' column), 'dicom' (*.dcm files + masks/)"
+    "with at least an 'image' column), 'dicom' (*.dcm files + masks/), 'video' "
+    "(*.mp4/*.avi files + masks/)"
 )
 
 __all__ = ["SiteDataError", "detect_layout", "load_sample", "scan_site", "summarize"]
@@ -61,6 +63,8 @@ def detect_layout(root: Path) -> str:
         return "kvasir"
     if has_dicom(root):
         return "dicom"
+    if has_videos(root):
+        return "video"
     if any(d is None for d in parsed.values()):
         return "coco"
     if cols:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +152,52 @@ def read_video_frames(path: Path | str, *, fps: float = DEFAULT_VIDEO_FPS) -> It
             log.info("%s: header says %d frames, %d decoded", path, info.frame_count, decoded)
     finally:
         cap.release()
+
+
+# -- video frames as site images ---------------------------------------------------
+#: A site video's frame as a record path: ``<file>.mp4#<index>`` (index from 0).
+_FRAME_RE = re.compile(r"^(?P<file>.*\.(?:mp4|avi))#(?P<index>\d+)$", re.IGNORECASE)
+
+
+def video_frame_path(path: Path, index: int) -> Path:
+    """The record path of frame ``index`` (0-based) of a video."""
+    return Path(f"{path}#{int(index)}")
+
+
+def is_video_frame_path(path: Path | str) -> bool:
+    """Whether ``path`` is a frame path ``<file>.mp4#<index>`` (or ``.avi``)."""
+    return _FRAME_RE.match(str(path)) is not None
+
+
+def read_video_frame(path: Path | str) -> np.ndarray:
+    """Decode the frame a ``<file>.mp4#<index>`` path names, RGB ``uint8``.
+
+    Reads front to back from the start (no container seek), so the pixels are those
+    :func:`read_video_frames` yields for that index.
+    """
+    m = _FRAME_RE.match(str(path))
+    if m is None:
+        raise VideoReadError(f"{path}: not a video frame path (<file>.mp4#<index>)")
+    file, index = Path(m["file"]), int(m["index"])
+    probe_video(file)  # regular file, header, pixel cap
+    cap = _open(file)
+    try:
+        for _ in range(index):
+            if not cap.grab():
+                raise VideoReadError(f"{file}: has no frame {index}")
+        ok, bgr = cap.read()
+    finally:
+        cap.release()
+    if not ok or bgr is None:
+        raise VideoReadError(f"{file}: frame {index} cannot be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def video_group(path: Path | str) -> str:
+    """The split group of a video's frames: one procedure, one group (a salted-free
+    short hash of the file's real path; the path itself stays at the site)."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+    return f"video:{digest}"

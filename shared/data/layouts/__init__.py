@@ -13,9 +13,10 @@ from .coco import decode_segmentation, scan_coco
 from .dicom import scan_dicom
 from .kvasir import scan_kvasir
 from .manifest import scan_manifest
+from .video import scan_video
 
 LAYOUTS = {"kvasir": scan_kvasir, "coco": scan_coco, "manifest": scan_manifest,
-           "dicom": scan_dicom}
+           "dicom": scan_dicom, "video": scan_video}
 
 __all__ = [
     "BOX_TOLERANCE_PX",
@@ -31,4 +32,5 @@ __all__ = [
     "scan_dicom",
     "scan_kvasir",
     "scan_manifest",
+    "scan_video",
 ]

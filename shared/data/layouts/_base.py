@@ -234,6 +234,10 @@ def read_image(path: Path) -> np.ndarray:
 
     if is_dicom_path(path):
         return read_frame(path)
+    from ..video import is_video_frame_path, read_video_frame  # video frames (*.mp4#<i>)
+
+    if is_video_frame_path(path):
+        return read_video_frame(path)
     img = _decode(path, cv2.IMREAD_COLOR, "not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
