@@ -107,17 +107,25 @@ def sampled_indices(native_fps: float, frame_count: int, fps: float) -> list[int
 
     ``fps`` at or above ``native_fps`` keeps every frame.
     """
+    out: list[int] = []
+    for i in _index_stream(native_fps, fps):
+        if i >= frame_count:
+            return out
+        out.append(i)
+    return out  # pragma: no cover - the stream is endless
+
+
+def _index_stream(native_fps: float, fps: float) -> Iterator[int]:
+    """Endless increasing frame indices nearest to ``k / fps`` seconds (no repeats)."""
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"sampling rate must be a positive number of frames/s, got {fps}")
     step = native_fps / fps
-    out: list[int] = []
-    k = 0
+    last, k = -1, 0
     while True:
         i = int(math.floor(k * step + 0.5))
-        if i >= frame_count:
-            return out
-        if not out or i != out[-1]:
-            out.append(i)
+        if i != last:
+            yield i
+            last = i
         k += 1
 
 
@@ -130,8 +138,8 @@ def read_video_frames(path: Path | str, *, fps: float = DEFAULT_VIDEO_FPS) -> It
     """
     path = Path(path)
     info = probe_video(path)
-    # the header's count can be short or missing: sample "as if" it were unbounded
-    wanted = iter(sampled_indices(info.fps, max(info.frame_count, 1) * 4 + 10**7, fps))
+    # the header's count can be short or missing: the frames decoded decide
+    wanted = _index_stream(info.fps, fps)
     cap = _open(path)
     try:
         target = next(wanted)
