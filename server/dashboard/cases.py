@@ -33,6 +33,7 @@ from endofed.shared.data.layouts._base import (
     header_size,
 )
 from endofed.shared.inference import Prediction, Predictor, render_overlay
+from endofed.shared.model.weights import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,10 @@ class ModelCache:
             if cache_key in self._models:
                 self._models.move_to_end(cache_key)
                 return self._models[cache_key]
-            predictor = self._load(run, key, path)
+            try:
+                predictor = self._load(run, key, path)
+            except (UnreadableFileError, ValueError, KeyError) as exc:
+                raise CaseError(str(exc).splitlines()[0]) from exc
             self._models[cache_key] = predictor
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
