@@ -48,6 +48,8 @@ class SiteRuntime:
 
 
 _RUNTIMES: dict[str, SiteRuntime] = {}
+#: How often this process built a runtime and reused one (the site runner reports them).
+RUNTIME_STATS: dict[str, int] = {"builds": 0, "hits": 0}
 
 
 def _key(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str:
@@ -64,7 +66,28 @@ def get_site_runtime(
     if rt is None:
         rt = build_site_runtime(run_config, node_config)
         _RUNTIMES[key] = rt
+        RUNTIME_STATS["builds"] += 1
+    else:
+        RUNTIME_STATS["hits"] += 1
     return rt
+
+
+def release_site_runtimes() -> int:
+    """Drop every cached runtime (data index, datasets, model); returns how many.
+
+    The site runner calls it when a new run starts or a run has ended, so one run's
+    state at a time stays in memory.
+    """
+    n = len(_RUNTIMES)
+    _RUNTIMES.clear()
+    if n:
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("released %d cached site runtime(s)", n)
+    return n
 
 
 def build_site_runtime(

@@ -56,8 +56,11 @@ CONFIG_INVALID = "site configuration invalid"
 OUT_OF_MEMORY = "site out of memory"
 AUDIT_REFUSED = "outgoing audit refused the reply"
 SITE_FAILED = "site failed"
+#: The site runner's refusal of an app bundle the hospital has not approved.
+APP_NOT_APPROVED = "app not approved"
 REFUSAL_CATEGORIES: tuple[str, ...] = (
     DATA_UNUSABLE, BUDGET_EXHAUSTED, CONFIG_INVALID, OUT_OF_MEMORY, AUDIT_REFUSED, SITE_FAILED,
+    APP_NOT_APPROVED,
 )
 _LOG_NOTE = "(details in the site's log)"
 MAX_SITE_NAME = 128

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from endofed.privacy.reply_policy import BUDGET_EXHAUSTED, parse_refusal
+from endofed.privacy.reply_policy import APP_NOT_APPROVED, BUDGET_EXHAUSTED, parse_refusal
 from endofed.shared import protocol
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ METRICS_KEY = protocol.METRICS
 SITE_KEY = protocol.SITE
 DECLINED_KEY = protocol.DECLINED
 DECLINED_REASON = f"declined: {BUDGET_EXHAUSTED}"
+APP_REFUSED_REASON = f"refused: {APP_NOT_APPROVED}"
 
 
 @dataclass
@@ -145,6 +146,9 @@ def screen_train_replies(
             declined=reason.startswith("declined"),
         )
         screened.append(item)
+        if reason == APP_REFUSED_REASON:  # the site runner refused this app bundle
+            log.warning("site refused the app: %s (node %d)", item.site, item.node_id)
+            continue
         level = logging.INFO if item.declined else logging.WARNING
         log.log(level, "train reply from %s (node %d) not aggregated: %s",
                 item.site, item.node_id, reason)

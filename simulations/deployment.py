@@ -8,8 +8,11 @@ a hospital; TLS and SuperNode authentication are optional
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import ssl
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ class SuperNodeSite:
     register: bool = True
     trust_ca: bool = True  # False: start without --root-certificates (system CAs)
     node_id: int | None = None
+    runner: ManagedProcess | None = None  # the EndoFed site runner (site_runner=True)
+    state_dir: Path | None = None  # the site's approvals and audit trail (site_runner=True)
 
 
 def _key_pair(pair: tuple[Path, Path], owner: str = "") -> tuple[Path, Path]:
@@ -69,6 +74,14 @@ class LocalDeployment(PrivateSuperLink):
     ``flwr supernode register`` before the SuperNodes start, and SuperNode ``i`` gets
     ``--auth-supernode-private-key``. A SuperNode whose key is not registered is
     refused by the SuperLink (and exits).
+
+    Site runner (``site_runner=True``): every SuperNode runs with ``--isolation
+    process`` and an EndoFed site runner (``python -m endofed.client.runner``) beside it,
+    as ``endofed site join`` starts them; the runner claims the SuperNode's tasks with a
+    per-site secret (``--superexec-auth-secret-file``), runs only apps approved in the
+    site's state dir (:meth:`site_state_dir`; node config ``state-dir`` if given) and
+    writes its audit trail there. Without it each message runs in a fresh
+    ``flwr-clientapp`` (Flower's default isolation).
     """
 
     def __init__(
@@ -88,6 +101,7 @@ class LocalDeployment(PrivateSuperLink):
         cwd: Path | None = None,
         startup_timeout: float = 60.0,
         keep_temp: bool = False,
+        site_runner: bool = False,
     ) -> None:
         if not sites:
             raise ValueError("LocalDeployment needs at least one site")
@@ -104,6 +118,7 @@ class LocalDeployment(PrivateSuperLink):
                 )
         elif auth_keys is not None:
             raise ValueError("auth_keys given but enable_supernode_auth is False")
+        self.site_runner = site_runner
         self.sites = [SuperNodeSite(dict(s)) for s in sites]
         for i, site in enumerate(self.sites):
             format_run_config(site.node_config)  # validate early
@@ -162,12 +177,58 @@ class LocalDeployment(PrivateSuperLink):
             site.auth_key[1], name=str(name) if isinstance(name, str) and name else None
         )
 
+    def site_state_dir(self, i: int) -> Path:
+        """Site ``i``'s state dir: node config ``state-dir``, else one in the log dir."""
+        site = self.sites[i]
+        if site.state_dir is None:
+            given = site.node_config.get("state-dir")
+            site.state_dir = (Path(str(given)) if given
+                              else self.log_dir / f"site-{i}-state").resolve()
+            site.state_dir.mkdir(parents=True, exist_ok=True)
+        return site.state_dir
+
+    def approve_app(self, sites: Sequence[int] | None = None, *,
+                    app_dir: Path | None = None) -> str:
+        """Approve the bundle ``flwr run`` builds from ``app_dir`` (default: this
+        deployment's app) at ``sites`` (default: all), as ``endofed site approve``
+        does; returns its hash."""
+        from flwr.cli.build import build_fab_from_disk
+
+        from endofed.privacy.approvals import ApprovalStore
+
+        digest = hashlib.sha256(build_fab_from_disk(Path(app_dir or self.app_dir))).hexdigest()
+        for i in range(len(self.sites)) if sites is None else sites:
+            ApprovalStore(self.site_state_dir(i)).approve_hash(digest, note="test deployment")
+        return digest
+
+    def _runner_secret(self, i: int) -> Path:
+        path = self.log_dir / f"site-{i}-runner.secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_bytes(secrets.token_bytes(32))
+        return path
+
+    def _start_runner(self, i: int, suffix: str) -> None:
+        site = self.sites[i]
+        argv = [sys.executable, "-m", "endofed.client.runner",
+                "--runtime-api", f"{LOOPBACK}:{site.port}", "--insecure",
+                "--state-dir", str(self.site_state_dir(i)),
+                "--auth-secret-file", str(self._runner_secret(i)), "--poll", "0.1"]
+        site.runner = spawn(f"site-runner-{i}", argv, env=self.env, token=self.token,
+                            log_path=self.log_dir / f"site-runner-{i}{suffix}.log",
+                            cwd=self.cwd)
+        self.processes.append(site.runner)
+
     def _start_supernode(self, i: int) -> None:
         site = self.sites[i]
         site.port = find_free_port()
         security = self.security.supernode_args(trust_ca=site.trust_ca)
         if site.auth_key is not None:
             security += ["--auth-supernode-private-key", str(site.auth_key[0])]
+        if self.site_runner:
+            security += ["--isolation", "process",
+                         "--superexec-auth-secret-file", str(self._runner_secret(i))]
         argv = [
             str(flwr_executable("flower-supernode")),
             *security,
@@ -186,6 +247,8 @@ class LocalDeployment(PrivateSuperLink):
             cwd=self.cwd,
         )
         self.processes.append(site.proc)
+        if self.site_runner:
+            self._start_runner(i, suffix)
 
     def add_supernode(
         self,
@@ -222,6 +285,10 @@ class LocalDeployment(PrivateSuperLink):
         """The running process of SuperNode ``i`` (``None`` if stopped)."""
         return self.sites[i].proc
 
+    def runner_process(self, i: int) -> ManagedProcess | None:
+        """The site runner of SuperNode ``i`` (``None`` without ``site_runner``)."""
+        return self.sites[i].runner
+
     def online_nodes(self) -> list[dict[str, Any]]:
         """SuperNodes the SuperLink reports as ``online`` (``flwr supernode list``)."""
         res = self.flwr("supernode", "list", CONNECTION_NAME, "--format", "json")
@@ -238,12 +305,13 @@ class LocalDeployment(PrivateSuperLink):
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         online: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            for i, site in enumerate(self.sites):
-                if site.proc is not None and not site.proc.running():
-                    raise FlowerRunError(
-                        f"supernode-{i} exited with code {site.proc.popen.returncode}; "
-                        f"see {site.proc.log_path}:\n{site.proc.log_tail()}"
-                    )
+            for site in self.sites:
+                for proc in (site.proc, site.runner):
+                    if proc is not None and not proc.running():
+                        raise FlowerRunError(
+                            f"{proc.name} exited with code {proc.popen.returncode}; "
+                            f"see {proc.log_path}:\n{proc.log_tail()}"
+                        )
             online = self.online_nodes()
             if len(online) >= count:
                 return
@@ -256,6 +324,9 @@ class LocalDeployment(PrivateSuperLink):
     def kill_supernode(self, i: int) -> None:
         """Stop SuperNode ``i`` (its whole process tree)."""
         site = self.sites[i]
+        if site.runner is not None:
+            site.runner.stop(grace=5.0)
+            site.runner = None
         if site.proc is None:
             return
         site.proc.stop(grace=5.0)
