@@ -424,15 +424,22 @@ def render_contact_sheet(
     frames: Sequence[tuple[float, np.ndarray, Prediction]], *, title: str
 ) -> np.ndarray:
     """A grid of annotated frames, each captioned with its time, p and verdict (RGB)."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n = max(1, len(frames))
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(3.4 * cols, 3.0 * rows + 0.8), dpi=100, facecolor="white")
+    fig_w = max(3.4 * cols, 8.0)
+    lines = textwrap.wrap(title, width=int(fig_w * 10))
+    head = 0.3 + 0.25 * len(lines)  # inches above the grid
+    fig_h = 3.0 * rows + head
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100, facecolor="white")
     FigureCanvasAgg(fig)
-    fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, ha="left")
+    fig.suptitle("\n".join(lines), fontsize=12, fontweight="bold", x=0.01, y=1 - 0.1 / fig_h,
+                 ha="left", va="top")
     for i, (t, img, pred) in enumerate(frames):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(_thumbnail(img, pred))
@@ -441,7 +448,7 @@ def render_contact_sheet(
         word = "lesion" if pred.lesion else "no lesion"
         ax.set_title(f"t={t:.1f} s  p={pred.lesion_probability:.2f}  {word}", fontsize=9,
                      color=(0.78, 0.12, 0.12) if pred.lesion else (0.1, 0.43, 0.16))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (3.0 * rows + 0.8)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - head / fig_h))
     fig.canvas.draw()
     return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
 
@@ -454,8 +461,8 @@ def predict_video(
 
     Writes ``<name>_timeline.json`` (per sampled frame: index, time in s, lesion
     probability, verdict, boxes) and ``<name>_contact_sheet.png``: the flagged frames
-    (highest probability first, at most :data:`CONTACT_SHEET_MAX`) or, when none is
-    flagged, the ``top_k`` most probable, and the sheet's title says which.
+    (at most :data:`CONTACT_SHEET_MAX`, the most probable, in time order) or, when
+    none is flagged, the ``top_k`` most probable, and the sheet's title says which.
     Returns the timeline's summary (no per-frame entries).
     """
     info = probe_video(path)
@@ -485,7 +492,7 @@ def predict_video(
     target.parent.mkdir(parents=True, exist_ok=True)
     if sheet:
         chosen = flagged if flagged else top
-        chosen = sorted(chosen, key=lambda it: (-it[0], -it[1]))
+        chosen = sorted(chosen, key=lambda it: it[2])  # in time order
         op = predictor.operating_point
         if flagged:
             shown = f" (the {len(chosen)} most probable shown)" if n_flagged > len(chosen) else ""

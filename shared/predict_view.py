@@ -94,15 +94,17 @@ def _fmt_pair(p: float, t: float) -> tuple[str, str]:
 def verdict_text(pred: Prediction) -> str:
     """The verdict in words: ``Lesion found (p=0.87 >= 0.43, rule youden)`` or
     ``No lesion found (p=0.12 < 0.43, rule youden)``; p is the lesion probability
-    (1 - p(normal)), the threshold the checkpoint's operating point."""
+    (1 - p(normal)), the threshold the checkpoint's operating point. A lesion is
+    ``p > threshold``; numbers get more decimals (up to 6) until they differ, and a
+    probability equal to the threshold reads ``<=``."""
     p = float(pred.lesion_probability)
     if pred.lesion is None or pred.threshold is None or not np.isfinite(p):
         return "No verdict (no image-level probability)"
     ps, ts = _fmt_pair(p, float(pred.threshold))
     rule = f", rule {pred.threshold_rule}" if pred.threshold_rule else ""
-    if pred.lesion:
+    if pred.lesion:  # the rule is p > t, so ">=" always holds
         return f"Lesion found (p={ps} >= {ts}{rule})"
-    return f"No lesion found (p={ps} < {ts}{rule})"
+    return f"No lesion found (p={ps} {'<=' if ps == ts else '<'} {ts}{rule})"
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
                **{k: v for k, v in predictor.provenance().items()
                   if k not in ("threshold", "threshold_rule")}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{len(images)} images predicted ({summary['lesion_images']} lesion at lesion "
-          f"probability > {op.threshold:g}, rule {op.rule}), {len(problems)} skipped "
-          f"-> {args.out}")
+    videos_part = f" and {len(videos)} video(s)" if videos else ""
+    print(f"{len(images)} images{videos_part} predicted ({summary['lesion_images']} lesion "
+          f"images at lesion probability > {op.threshold:g}, rule {op.rule}), "
+          f"{len(problems)} skipped -> {args.out}")
     for v in videos:
         print(f"  video {v['video']}: {v['sampled_frames']} frames sampled at "
               f"{v['sampling_fps']:g}/s, {v['flagged_frames']} flagged -> {v['timeline']}")
