@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 POOLED = "pooled"
 ALL_SITES = "*"  # run_epsilon's key when one epsilon covers every site (central run)
-FINETUNE_CHOICES = ("target", "global", "local")
+FINETUNE_CHOICES = ("target", "global", "local", "heads")
 REFERENCE_CACHE_VERSION = 1
 
 

@@ -39,7 +39,8 @@ CONFIG_FLAGS: dict[str, tuple[str, type, str, str]] = {
     ),
     "--finetune": (
         "finetune", str, "MODE",
-        "global (all weights) or local (backbone frozen); auto: local with DP, else global",
+        "global (all weights), local (backbone frozen) or heads (only the box/class heads and "
+        "the mask decoder train: DP after a warm start); auto: local with DP, else global",
     ),
     "--max-steps": ("max-steps", int, "N", "cap on steps per epoch (0 = none)"),
 }

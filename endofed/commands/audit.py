@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reference models of the calibrated attack (0 = loss attack only; "
                         "default 2; a per-image sigma needs >= 8)")
     p.add_argument("--reference-finetune", default="target",
-                   choices=["target", "global", "local"],
+                   choices=["target", "global", "local", "heads"],
                    help="reference recipe: the audited run's fine-tuning mode (target), or "
                         "local (frozen backbone body: cheaper) / global")
     p.add_argument("--reference-epochs", type=int, default=None, metavar="N",

@@ -4,7 +4,8 @@ The registries that implement them sit above ``config`` (the optimisers and sche
 ``shared/engine/optim.py``, the strategies and central-DP wrappers in
 ``server/strategies.py``, the partitioners in ``shared/data/partition.py``, the overlay
 detectors in ``shared/overlay_detector/selection.py``, the accountants in
-``privacy/accounting.py``); ``tests/config/test_choices.py`` keeps each tuple equal to its
+``privacy/accounting.py``, the experiment trackers in
+``shared/metrics/tracking.py``); ``tests/config/test_choices.py`` keeps each tuple equal to its
 registry, so adding a name there means adding it here.
 """
 
@@ -27,7 +28,7 @@ CENTRAL_DP_MODES: tuple[str, ...] = (
 DP_ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 PARTITION_SCHEMES: tuple[str, ...] = ("dirichlet", "iid", "source")
 OVERLAY_DETECTORS: tuple[str, ...] = ("classical", "learned")
-FINETUNE_MODES: tuple[str, ...] = ("auto", "global", "local")
+FINETUNE_MODES: tuple[str, ...] = ("auto", "global", "local", "heads")
 
 
 def check_choice(key: str, value: str, choices: Iterable[str]) -> None:

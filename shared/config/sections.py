@@ -21,6 +21,7 @@ from endofed.shared.config.choices import (
     OVERLAY_DETECTORS,
     PARTITION_SCHEMES,
     STRATEGIES,
+    TRACKERS,
     check_choice,
 )
 from endofed.shared.config.coercion import ConfigError, check_range
@@ -115,7 +116,8 @@ class ModelConfig:
     # "auto" (the preset's installed ImageNet weights if it has them), "pretrained"
     # (required), "none" (random) or a weights / checkpoint file.
     weights_path: str = "auto"
-    # "global" (everything trains), "local" (the backbone body is frozen), or "auto":
+    # "global" (everything trains), "local" (the backbone body is frozen), "heads" (only
+    # the box/class heads and the mask decoder train: DP after a warm start), or "auto":
     # local under per-site DP (train the new layers on pretrained features, De et al.
     # 2022), global otherwise. See EndoFedConfig.finetune_mode.
     finetune: str = "auto"
@@ -201,6 +203,11 @@ class FederationConfig:
     # coordinate; Krum assumes at most this many Byzantine sites per round.
     trimmed_beta: float = 0.2
     num_malicious_nodes: int = 0
+    # Optional experiment tracking (endofed.shared.metrics.tracking), off by default:
+    # mlflow (a sqlite store in <run>/mlruns) or tensorboard (<run>/tensorboard). A
+    # tracking-dir puts the store there instead (one store for a whole grid).
+    tracking: str = "none"
+    tracking_dir: Path | None = None
 
     def validate(self) -> None:
         check_range("num-server-rounds", self.num_server_rounds, ge=1)
@@ -224,6 +231,7 @@ class FederationConfig:
         check_range("trimmed-beta", self.trimmed_beta, ge=0, lt=0.5,
                     note="the share cut at each end")
         check_range("num-malicious-nodes", self.num_malicious_nodes, ge=0)
+        check_choice("tracking", self.tracking, TRACKERS)
 
 
 @dataclass(frozen=True)

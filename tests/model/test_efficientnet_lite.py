@@ -101,12 +101,21 @@ def test_pretrained_is_refused_for_a_preset_without_packaged_weights() -> None:
         build_model(preset="tiny", num_classes=1, weights_path="pretrained")
 
 
-@pytest.mark.parametrize("finetune", ["global", "local"])
+@pytest.mark.parametrize("finetune", ["global", "local", "heads"])
 def test_opacus_validator_accepts_the_lite_ssd(finetune: str) -> None:
     model = build_model(preset="lite0", num_classes=2, image_size=96, finetune=finetune)
     assert ModuleValidator.validate(model, strict=False) == []
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if finetune == "local":
         assert frozen and all(n.startswith("backbone.body.") for n in frozen)
+    elif finetune == "heads":
+        # what trains: the box/class heads and the mask decoder (with its attention conv)
+        heads = ("head.", "segmentation.decoder.", "segmentation.mask_head.",
+                 "segmentation.attention_head.")
+        assert trainable and all(n.startswith(heads) for n in trainable)
+        assert any(n.startswith("head.cls") for n in trainable)
+        assert any(n.startswith("segmentation.decoder.") for n in trainable)
+        assert all(n.startswith(("backbone.", "rfpn.", "segmentation.rfbs.")) for n in frozen)
     else:
         assert not frozen

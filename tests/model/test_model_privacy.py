@@ -31,7 +31,7 @@ def _per_sample_grads(model, batch: Batch) -> tuple[torch.Tensor, dict[str, torc
 
 
 @pytest.mark.parametrize("preset", ["tiny", "lite0"])
-@pytest.mark.parametrize("finetune", ["global", "local"])
+@pytest.mark.parametrize("finetune", ["global", "local", "heads"])
 def test_every_trainable_param_gets_exact_grad_sample(
     batch_factory, finetune: str, preset: str
 ) -> None:
