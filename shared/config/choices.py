@@ -29,6 +29,8 @@ DP_ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 PARTITION_SCHEMES: tuple[str, ...] = ("dirichlet", "iid", "source")
 OVERLAY_DETECTORS: tuple[str, ...] = ("classical", "learned")
 FINETUNE_MODES: tuple[str, ...] = ("auto", "global", "local", "heads")
+#: ``tracking``: off, or a backend of shared/metrics/tracking.py (BACKENDS there).
+TRACKERS: tuple[str, ...] = ("none", "mlflow", "tensorboard")
 
 
 def check_choice(key: str, value: str, choices: Iterable[str]) -> None:

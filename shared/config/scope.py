@@ -98,6 +98,7 @@ TRAIN_SCOPE = CommandScope(
     honoured=frozenset({
         *section_keys(DataConfig), *section_keys(PreprocessConfigRef),
         *section_keys(ModelConfig), *section_keys(TrainConfig), "threshold-rule",
+        "tracking", "tracking-dir",  # --track: mlflow / tensorboard in OUT
         *DP_KEYS,  # DP-SGD through endofed.privacy (train -c dp-epsilon=8)
     } - {"proximal-mu"}),
     instead={
@@ -127,7 +128,7 @@ SIMULATE_SCOPE = CommandScope(
         "preset", "image-size", "batch-size", "local-epochs", "val-fraction", "split-seed",
         "seed", "preprocess", "dp-epsilon", "strategy", "num-server-rounds", "run-name",
         "runs-dir", "fraction-train", "fraction-evaluate", "min-train-nodes",
-        "min-evaluate-nodes", "min-available-nodes", "eval-data-path",
+        "min-evaluate-nodes", "min-available-nodes", "eval-data-path", "tracking-dir",
     }),
     instead={
         "preset": "use --preset", "image-size": "use --image-size",
@@ -142,6 +143,7 @@ SIMULATE_SCOPE = CommandScope(
         "run-name": "every arm gets its own run under --out",
         "runs-dir": "every arm gets its own run under --out",
         "state-dir": "every run keeps its sites' state under --out",
+        "tracking-dir": "the grid keeps one tracking store in --out (--track)",
         **{k: "simulate samples every hospital in every round (--sites)"
            for k in ("fraction-train", "fraction-evaluate", "min-train-nodes",
                      "min-evaluate-nodes", "min-available-nodes")},
