@@ -53,6 +53,7 @@ from endofed.server.strategies import (
 from endofed.shared.build import checkpoint_preprocess, model_for
 from endofed.shared.config import ConfigError, EndoFedConfig
 from endofed.shared.metrics.scalars import improves
+from endofed.shared.metrics.tracking import open_tracker, round_scalars
 from endofed.shared.model import load_trainable_state, save_checkpoint, trainable_state
 from endofed.shared.util.atomic import atomic_write_json, atomic_write_text
 
@@ -155,6 +156,15 @@ class FederatedRun:
         self.strategy = build_strategy(cfg, to_arrayrecord(state.arrays))
         if state.strategy_state:
             load_strategy_state(self.strategy, state.strategy_state)
+        # optional MLflow / TensorBoard run beside metrics.csv (tracking = "none": no-op)
+        self.tracker = open_tracker(
+            cfg.federation.tracking, self.run_dir, run_name=cfg.federation.run_name,
+            tracking_dir=cfg.federation.tracking_dir,
+            tags={"kind": "federated", "study-id": self.study_id,
+                  "strategy": cfg.federation.strategy, "dp-epsilon": cfg.privacy.epsilon,
+                  "seed": cfg.train.seed},
+        )
+        self.tracker.log_params(self.run_config)
 
     def _check_compatible(self, state: RunState, initial: dict[str, np.ndarray]) -> None:
         shapes = {k: tuple(v.shape) for k, v in state.arrays.items()}
@@ -180,6 +190,7 @@ class FederatedRun:
                 study_id=self.study_id,
             )
             log.info("secure aggregation (SecAgg+) is on: the server sees only the sum")
+        status = "FAILED"
         try:
             for server_round in range(self.state.round + 1, total + 1):
                 t0 = time.perf_counter()
@@ -192,10 +203,12 @@ class FederatedRun:
                 self._record_round(server_round, arrays, train_rows, eval_rows,
                                    time.perf_counter() - t0)
                 self._rounds_run += 1
+            self._finish(arrays)
+            status = "FINISHED"
         finally:
             if self.secure is not None:
                 self.secure.close()
-        self._finish(arrays)
+            self.tracker.close(status)
         return self.run_dir
 
     def _secure_train_round(
@@ -416,6 +429,9 @@ class FederatedRun:
         self.state.arrays = from_arrayrecord(arrays)
         self.state.strategy_state = strategy_state(self.strategy)
         save_run_state(self.run_dir, self.state)
+        self.tracker.log_metrics(round_scalars(
+            r for r in self.state.history if r.get("round") == server_round
+        ), step=server_round)
         # the progress line (terminal, progress.log) and report.md of this round
         report_round(self.run_dir, self.state.history, server_round=server_round,
                      total=self.cfg.federation.num_server_rounds,
@@ -473,6 +489,10 @@ class FederatedRun:
             atomic_write_text(self.run_dir / "events.md", "\n".join(rows) + "\n")
         render_run_report(self.run_dir)
         log.info("run report: %s", self.run_dir / "report.md")
+        d = self.run_dir
+        self.tracker.log_artifacts([d / "report.md", d / "metrics.csv", d / "events.md",
+                                    *sorted(d.glob("*.png"))], subdir="report")
+        self.tracker.log_artifacts([d / FINAL_MODEL, d / BEST_MODEL], subdir="model")
 
 
 def _restrict_to_common_metrics(replies: list[Message]) -> None:

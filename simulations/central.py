@@ -40,6 +40,7 @@ from endofed.shared.metrics import MetricAccumulator, flat_scalars, json_safe
 from endofed.shared.metrics.operating_point import choose_operating_point
 from endofed.shared.metrics.report import write_evaluation_report
 from endofed.shared.metrics.scalars import improves
+from endofed.shared.metrics.tracking import Tracker, epoch_scalars, open_tracker
 from endofed.shared.model import save_checkpoint
 from endofed.shared.util.atomic import atomic_save, atomic_write_json
 from endofed.simulations.central_dp import (
@@ -111,7 +112,43 @@ def train_central(
     :class:`~endofed.shared.engine.trainer.ResumeError` says what differs. It restores
     the random-number state too, so a resumed run ends with the weights of the
     uninterrupted run (``workers=0``; DP noise and sampling are secret by design).
+
+    With ``tracking`` = mlflow / tensorboard (:mod:`endofed.shared.metrics.tracking`)
+    the settings, every epoch's ``train_history.json`` row (step = epoch) and, for
+    MLflow, the report files and ``model.pt`` go to a tracking run in ``out_dir``.
     """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = open_tracker(
+        cfg.federation.tracking, out_dir, run_name=out_dir.resolve().name,
+        tracking_dir=cfg.federation.tracking_dir,
+        tags={"kind": "central", "dp-epsilon": cfg.privacy.epsilon, "seed": cfg.train.seed},
+    )
+    tracker.log_params(cfg.to_mapping())
+    try:
+        result = _train_central(cfg, data_paths, out_dir, records=records, resume=resume,
+                                progress=progress, tracker=tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.log_artifacts([out_dir / n for n in ("report.md", "metrics.json",
+                                                 "train_history.json", "config.json")]
+                          + sorted(out_dir.glob("*.png")), subdir="report")
+    tracker.log_artifacts([result.model_path], subdir="model")
+    tracker.close("FINISHED")
+    return result
+
+
+def _train_central(
+    cfg: EndoFedConfig,
+    data_paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    records: Sequence[SampleRecord] | None,
+    resume: bool,
+    progress: bool,
+    tracker: Tracker,
+) -> CentralResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckdir = out_dir / "checkpoints"
@@ -181,6 +218,7 @@ def train_central(
                      desc=f"validate {done}")
         stats = next((e for e in result.epochs if e.epoch + 1 == done), None)
         epochs.record(done, stats, acc, model, cfg, extra=privacy_row)
+        tracker.log_metrics(epoch_scalars(epochs.rows[done]), step=done)
     best = epochs.best_epoch()
     acc = MetricAccumulator.from_state(epochs.best_state(), **kwargs)
     point = choose_operating_point(acc.state(), cfg.federation.threshold_rule)

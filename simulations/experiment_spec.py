@@ -153,13 +153,18 @@ class ExperimentSpec:
             "limit_images": self.limit_images,
             "split_seed": self.split_seed,
             "val_fraction": self.val_fraction,
-            "extra_config": {k: str(v) for k, v in sorted(self.extra_config.items())},
+            # tracking (--track) only records the runs: it never makes results differ
+            "extra_config": {k: str(v) for k, v in sorted(self.extra_config.items())
+                             if k not in ("tracking", "tracking-dir")},
         }
 
     def base_mapping(self, seed: int, *, preprocess: bool = False) -> dict[str, Any]:
         """The kebab-case run config shared by every arm of ``seed``."""
+        tracked = str(self.extra_config.get("tracking", "none")) != "none"
         return {
             **self.extra_config,
+            # one tracking store for the whole grid: <out>/mlruns or <out>/tensorboard/<run>
+            **({"tracking-dir": str(Path(self.out).resolve())} if tracked else {}),
             "preset": self.preset,
             "image-size": self.image_size,
             "batch-size": self.batch_size,

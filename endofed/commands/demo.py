@@ -35,12 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.003, metavar="LR",
                    help="learning rate of the new layers (higher than the run config's "
                         "0.001: few rounds)")
+    p.add_argument("--track", default="none", metavar="NAME",
+                   help="experiment tracking: none, mlflow (sqlite store in "
+                        "OUT/federated/mlruns) or tensorboard (OUT/federated/tensorboard); "
+                        "needs pip install endofed[tracking]")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from endofed.shared.metrics.tracking import check_tracking
     from endofed.simulations.federated import run_simulation
 
+    check_tracking(args.track)  # a typo or a missing package: one line, before any work
     previous = args.out / "federated"
     if previous.exists():  # the demo always starts fresh (real runs resume instead)
         print(f"replacing the previous demo run: deleting {previous}")
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup-steps": 10,
         "synthetic-images-per-site": args.images_per_site,
         "threads": 1,
+        "tracking": args.track,
     }
     print(f"EndoFed demo: {args.sites} synthetic hospitals (different endoscope colour "
           f"profiles), {args.rounds} FedAvg rounds, preset {args.preset}")

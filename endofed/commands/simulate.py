@@ -83,11 +83,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="seconds before a federated run is abandoned (default: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--track", dest="cfg_tracking", default=None, metavar="NAME",
+                   help="experiment tracking: none, mlflow (one sqlite store OUT/mlruns, "
+                        "one run per arm and seed, tagged with strategy, DP and seed) or "
+                        "tensorboard (OUT/tensorboard/<arm>); needs pip install "
+                        "endofed[tracking] (default: none)")
     add_config_flags(p, only=["--lr", "--device", "--class-names", "--threads", "--max-steps"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from endofed.shared.metrics.tracking import check_tracking
     from endofed.simulations.experiment import run_experiment
     from endofed.simulations.experiment_results import summary_table
     from endofed.simulations.experiment_spec import (
@@ -98,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     data = None if args.data.strip().lower() == "synthetic" else [Path(p) for p in _csv(args.data)]
+    extra_config = config_mapping(args)
+    check_tracking(str(extra_config.get("tracking", "none")))  # before any arm starts
     try:
         spec = ExperimentSpec(
             out=args.out,
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             limit_images=args.limit_images,
             split_seed=args.split_seed,
             val_fraction=args.val_fraction,
-            extra_config=config_mapping(args),
+            extra_config=extra_config,
             num_cpus_per_client=args.cpus_per_client,
             timeout=args.timeout,
             progress=not args.no_progress,

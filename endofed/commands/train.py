@@ -30,12 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="example:\n  endofed train data/site_a data/site_b --out runs/central "
                "--epochs 20\n  endofed train data/site_a --out runs/central_dp "
-               "-c dp-epsilon=8",
+               "-c dp-epsilon=8 --track mlflow",
     )
     p.add_argument("data", nargs="+", type=Path, metavar="DIR", help="site folders (pooled)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory")
     p.add_argument("--no-resume", action="store_true",
                    help="start over: ignore (and replace) OUT/checkpoints/last.pt")
+    p.add_argument("--track", dest="cfg_tracking", default=None, metavar="NAME",
+                   help="experiment tracking: none, mlflow (sqlite store in OUT/mlruns: "
+                        "settings, per-epoch metrics, report and model) or tensorboard "
+                        "(event files in OUT/tensorboard); needs pip install "
+                        "endofed[tracking] (default: none)")
     add_config_flags(p, defaults=TRAIN_DEFAULTS, why=_WHY)
     p.set_defaults(func=run)
 
