@@ -40,12 +40,13 @@ def spend_budget(runs_dir: Path, site: str = "site_2") -> float:
     return ledger.complete(entry, steps=steps)
 
 
-def make_dp_run(runs_dir: Path, run_name: str = "dp-declined") -> Path:
+def make_dp_run(runs_dir: Path, run_name: str = "dp-declined", rounds: int = 2) -> Path:
     """Run the simulation; returns its run directory."""
     from endofed.simulations.federated import run_simulation
 
     spend_budget(runs_dir)
-    return run_simulation(RUN_CONFIG, num_sites=2, runs_dir=runs_dir, run_name=run_name,
+    cfg = {**RUN_CONFIG, "num-server-rounds": rounds}
+    return run_simulation(cfg, num_sites=2, runs_dir=runs_dir, run_name=run_name,
                           timeout=900).run_dir
 
 
@@ -54,4 +55,5 @@ if __name__ == "__main__":
     import time
 
     t0 = time.time()
-    print(make_dp_run(Path(sys.argv[1])), f"{time.time() - t0:.0f}s")
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    print(make_dp_run(Path(sys.argv[1]), rounds=rounds), f"{time.time() - t0:.0f}s")
