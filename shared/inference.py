@@ -40,6 +40,7 @@ from endofed.shared.model import (
     load_trainable_state,
 )
 from endofed.shared.model.export import OUTPUT_NAMES, export_onnx
+from endofed.shared.model.presets import SSDConfig
 from endofed.shared.model.weights import (
     WEIGHTS_AUTO,
     WEIGHTS_NONE,
@@ -214,13 +215,58 @@ def _load_round_checkpoint(path: Path, payload: Mapping[str, Any]) -> LoadedMode
     return LoadedModel(model, list(cfg.data.class_names), point, preprocess, identity)
 
 
+def _load_resume_state(path: Path, payload: Mapping[str, Any]) -> LoadedModel:
+    """A central training resume state (``endofed train``'s ``checkpoints/last.pt``).
+
+    The model is rebuilt from the state's identity (preset, size, classes,
+    architecture). The threshold is that epoch's validation operating point from the
+    ``epochs.json`` beside it when present (else 0.5 with a warning).
+    """
+    ident = payload.get("identity")
+    if not isinstance(ident, Mapping) or "architecture" not in ident:
+        raise UnreadableFileError(f"model file {path}: a training resume state without its "
+                                  "model identity; use the run's model.pt")
+    arch = {**dict(ident["architecture"]), "name": ident.get("preset"),
+            "image_size": ident.get("image-size")}
+    try:
+        model = ImprovedSSD(SSDConfig.from_dict(arch), int(ident["num-classes"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise UnreadableFileError(f"model file {path}: resume state does not rebuild a "
+                                  f"model ({first})") from None
+    model.set_finetune(str(ident.get("finetune", "global")))
+    epoch = int(payload.get("epoch", 0))
+    extra: dict[str, Any] = dict(payload.get("extra") or {})
+    epochs_file = path.parent / "epochs.json"
+    try:
+        rows = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
+        row = next((r for r in rows if int(r.get("epoch", -1)) == epoch), None)
+        if row is not None and row.get("val_op_threshold") is not None:
+            extra["operating_point"] = {
+                **default_operating_point().to_dict(), "rule": f"validation, epoch {epoch}",
+                "threshold": float(row["val_op_threshold"]),
+                "sensitivity": row.get("val_op_sensitivity", float("nan")),
+                "specificity": row.get("val_op_specificity", float("nan")), "note": ""}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s: unreadable (%s); no operating point for epoch %d",
+                    epochs_file, exc, epoch)
+    names = list(ident.get("class-names") or
+                 [f"class_{i}" for i in range(1, model.num_classes + 1)])
+    point = from_checkpoint_extra(extra, origin=f"{path} (epoch {epoch})")
+    identity = {"kind": "training resume state", "preset": ident.get("preset"),
+                "image_size": int(model.config.image_size), "epoch": epoch}
+    return LoadedModel(model, names, point, _preprocess_from_extra(extra, str(path)), identity)
+
+
 def load_for_prediction(path: Path, *, device: torch.device) -> LoadedModel:
     """Read any model file EndoFed writes for prediction (``weights_only``, no code).
 
     A full model checkpoint (``model.pt``, ``final_model.pt``, ``model_best.pt``, the
-    export's) or a server round checkpoint (``checkpoints/last.pt``,
-    ``round_NNN.pt``). Identity: SHA-256 of the file, preset, run name / study id,
-    round or epoch when the file records them.
+    export's), a server round checkpoint (``checkpoints/last.pt``, ``round_NNN.pt``)
+    or a central training resume state (``endofed train``'s ``checkpoints/last.pt``).
+    Identity: SHA-256 of the file, preset, run name / study id, round or epoch when
+    the file records them.
     """
     path = Path(path)
     payload = load_torch_file(path, what="model file")
@@ -238,10 +284,12 @@ def load_for_prediction(path: Path, *, device: torch.device) -> LoadedModel:
                              _preprocess_from_extra(extra, str(path)), identity)
     elif isinstance(payload, Mapping) and "round" in payload and "arrays" in payload:
         loaded = _load_round_checkpoint(path, payload)
+    elif isinstance(payload, Mapping) and payload.get("format") == "endofed-resume":
+        loaded = _load_resume_state(path, payload)
     else:
         raise UnreadableFileError(
-            f"model file {path} is neither an EndoFed model checkpoint nor a server round "
-            "checkpoint (no format marker, no round / arrays)"
+            f"model file {path} is neither an EndoFed model checkpoint, a server round "
+            "checkpoint nor a training resume state (no format marker, no round / arrays)"
         )
     loaded.identity = {"file": str(path), "sha256": file_sha256(path),
                        **{k: v for k, v in loaded.identity.items() if v is not None}}

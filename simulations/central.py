@@ -178,6 +178,7 @@ def _train_central(
                                      study=str(study or new_study_id()), total_epochs=total)
     else:
         trainer = Trainer(model, cfg.train, device=device, progress=progress, identity=extras)
+        trainer.extra["preprocess"] = checkpoint_preprocess(cfg)  # for predict on last.pt
         # The schedule spans all epochs although fit() is called one epoch at a time.
         trainer.scheduler = build_scheduler(
             trainer.optimizer, cfg.train, total * max(1, trainer.steps_per_epoch(train_loader))
@@ -199,6 +200,7 @@ def _train_central(
                     progress=progress, loader_rng=False, identity=extras,
                 )
                 trainer.extra["dp-study"] = private_ctx.study
+                trainer.extra["preprocess"] = checkpoint_preprocess(cfg)
                 trainer.scheduler = build_scheduler(
                     trainer.optimizer, trainer.config,
                     total * max(1, trainer.steps_per_epoch(loader)),

@@ -276,3 +276,25 @@ def test_video_flagged_frames_and_a_broken_video(env, tmp_path):
     assert summary["videos"] == 1 and summary["flagged_video_frames"] == 3
     assert [s["file"] for s in summary["skipped"]] == [str(tmp_path / "broken.mp4")]
     assert "broken.mp4" in summary["skipped"][0]["reason"]
+
+
+def test_central_training_checkpoints_record_preprocessing_and_last_pt_predicts(tmp_path):
+    site = tmp_path / "site"
+    write_site(site, n_images=8, seed=2, size=64)
+    run = tmp_path / "run"
+    assert main(["train", str(site), "--out", str(run), "--preset", "tiny", "--image-size",
+                 "64", "--epochs", "1", "--device", "cpu", "--threads", "1",
+                 "--weights", "none", "-c", "preprocess=true"]) == 0
+    model_pt, last = run / "model.pt", run / "checkpoints" / "last.pt"
+    best = Predictor.from_checkpoint(model_pt, device=CPU)
+    resumed = Predictor.from_checkpoint(last, device=CPU)  # the resume state, not refused
+    assert best.preprocess == resumed.preprocess == PreprocessConfig.from_section(
+        EndoFedConfig.from_mapping({"preprocess": True}).preprocess)
+    assert resumed.identity["kind"] == "training resume state"
+    assert resumed.identity["epoch"] == 1
+    # one epoch: the best model is the last one, threshold included
+    assert resumed.operating_point.threshold == pytest.approx(best.operating_point.threshold)
+    img = render_frame(np.random.default_rng(8), size=(96, 112)).image
+    a, b = best.predict(img), resumed.predict(img)
+    assert a.crop_box is not None and a.crop_box == b.crop_box
+    assert a.lesion_probability == pytest.approx(b.lesion_probability, abs=1e-6)
