@@ -146,3 +146,117 @@ def test_deployment_doc_points_at_the_files() -> None:
     doc = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
     for path in (*UNITS.values(), ENV_TEMPLATE, DEPLOY / "Dockerfile"):
         assert str(path.relative_to(ROOT)) in doc, path
+
+
+# --- deploy/compose.yaml --------------------------------------------------------------
+
+COMPOSE = DEPLOY / "compose.yaml"
+HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
+
+
+def _compose() -> dict:
+    import yaml
+
+    with COMPOSE.open() as fh:
+        return yaml.safe_load(fh)
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """container path -> (host path or volume, mode) of a service's short-form volumes."""
+    out = {}
+    for spec in service["volumes"]:  # SOURCE:TARGET[:MODE]; SOURCE may be ${VAR:-default}
+        m = re.fullmatch(r"(?P<src>.+?):(?P<dst>/[^:]*)(?::(?P<mode>ro|rw))?", spec)
+        assert m, f"unreadable volume {spec!r}"
+        out[m["dst"]] = (m["src"], m["mode"] or "rw")
+    return out
+
+
+def _compose_section() -> str:
+    doc = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    start = re.search(r"^## (\d+\. )?Docker Compose", doc, re.M).start()
+    end = doc.find("\n## ", start + 1)
+    return doc[start:end if end > 0 else None]
+
+
+def test_compose_parses_and_builds_every_service_from_the_dockerfile() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) == {"superlink", *HOSPITALS}
+    for name, service in services.items():
+        assert service["image"] == "endofed:0.1.0", name
+        build = service["build"]
+        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() \
+            == DEPLOY / "Dockerfile"
+        assert service["environment"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    declared = set(compose["volumes"])
+    assert declared == {"superlink-state", *(f"{h}-state" for h in HOSPITALS)}
+
+
+def test_compose_superlink_has_tls_auth_and_only_flags_flower_accepts() -> None:
+    service = _compose()["services"]["superlink"]
+    argv = service["command"]
+    assert argv[0] == "flower-superlink"
+    unknown = set(_flags(argv[1:])) - _help_flags("flower-superlink")
+    assert not unknown, f"flower-superlink does not accept {unknown}"
+    opts = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    assert "--enable-supernode-auth" in argv and "--insecure" not in argv
+    assert "--disable-runtime-dependency-installation" in argv
+    mounts = _mounts(service)
+    for flag, name in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "superlink.crt"),
+                       ("--ssl-keyfile", "superlink.key")):
+        # the file the flag names is mounted read-only from the `endofed certs` folder
+        assert mounts[opts[flag]] == (f"./pki/{name}", "ro"), flag
+    assert mounts["/srv/endofed"] == ("superlink-state", "rw")
+    assert service["ports"] == [f"{opts['--port']}:{opts['--port']}"]
+
+
+@pytest.mark.parametrize("hospital", HOSPITALS)
+def test_compose_supernode_joins_with_its_data_read_only_and_its_own_key(hospital) -> None:
+    services = _compose()["services"]
+    service = services[hospital]
+    argv = service["command"]
+    assert argv[:3] == ["endofed", "site", "join"]  # the pre-flight check + site runner
+    split = argv.index("--")
+    join = dict(a.split("=", 1) for a in argv[3:split])
+    supernode = dict(a.split("=", 1) for a in argv[split + 1:])
+    unknown = set(join) - _help_flags("endofed") - _site_join_flags()
+    assert not unknown, f"endofed site join does not accept {unknown}"
+    unknown = set(supernode) - _help_flags("flower-supernode")
+    assert not unknown, f"flower-supernode does not accept {unknown}"
+    port = next(a for a in services["superlink"]["command"] if a.startswith("--port="))
+    assert join["--superlink"] == f"superlink:{port.split('=')[1]}"
+    assert join["--site-name"] == hospital
+    mounts = _mounts(service)
+    data_host, data_mode = mounts[join["--data-path"]]
+    assert data_mode == "ro", "a hospital's images must be mounted read-only"
+    assert hospital.split("-")[1].upper() in data_host  # ${ENDOFED_DATA_A:-...}
+    assert mounts[join["--state-dir"]] == (f"{hospital}-state", "rw")
+    assert mounts[supernode["--root-certificates"]] == ("./pki/ca.crt", "ro")
+    key = supernode["--auth-supernode-private-key"]
+    assert mounts[key] == (f"./pki/supernodes/{hospital}/auth.key", "ro")
+    assert service["depends_on"] == ["superlink"]
+    # nothing else is mounted writable, and no other hospital's key or data
+    writable = {t for t, (_, mode) in mounts.items() if mode != "ro"}
+    assert writable == {join["--state-dir"]}
+    others = [h for h in HOSPITALS if h != hospital]
+    assert not [s for s, _ in mounts.values() if any(o in s for o in others)]
+
+
+@cache
+def _site_join_flags() -> frozenset[str]:
+    exe = Path(sys.executable).parent / "endofed"
+    res = subprocess.run([str(exe), "site", "join", "--help"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", res.stdout))
+
+
+def test_deployment_doc_describes_the_compose_services_and_mounts() -> None:
+    section = _compose_section()
+    assert "deploy/compose.yaml" in section
+    for name in ("superlink", *HOSPITALS):
+        assert f"`{name}`" in section, name
+    services = _compose()["services"]
+    targets = {t for s in services.values() for t in _mounts(s)}
+    for target in targets:
+        assert f"`{target}`" in section, f"{target} is mounted but not described"
+    assert "read-only" in section and "endofed certs" in section
