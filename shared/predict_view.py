@@ -51,11 +51,13 @@ _PANEL_W = 520  # pixels of the longer image side in each panel
 def field_of_view_mask(
     image: np.ndarray, *, dark_threshold: int = FOV_DARK_THRESHOLD
 ) -> np.ndarray:
-    """The field of view: the largest connected non-black region, holes filled (bool HxW).
+    """The field of view: convex hull of the largest connected non-black region (bool HxW).
 
-    Burnt-in text and panels in the black border are separate components and are left
-    out; a dark lumen inside the field of view is a hole and is kept. An image with no
-    black border (already cropped) is its own field of view.
+    Endoscope optics light a convex area (circle, octagon). Burnt-in text in the black
+    border is a separate component and is left out; a dark lumen inside the field of
+    view, even one reaching its edge, is kept (the hull); a black panel cut into the
+    field of view's corner is inside the hull. An image with no black border (already
+    cropped) is its own field of view.
     """
     rgb = np.asarray(image)
     bright = (rgb.max(axis=2) if rgb.ndim == 3 else rgb) > dark_threshold
@@ -70,8 +72,9 @@ def field_of_view_mask(
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     comp = (labels == largest).astype(np.uint8)
     contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    hull = cv2.convexHull(np.concatenate(contours))
     filled = np.zeros_like(comp)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    cv2.fillConvexPoly(filled, hull, 1)
     return filled.astype(bool)
 
 
