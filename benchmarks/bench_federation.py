@@ -1,6 +1,8 @@
 """What a federated EndoFed round costs beyond local training. Prints one JSON object.
 
-Three measurements:
+Three measurements (``--deploy`` measures Flower's default isolation, a fresh
+``flwr-clientapp`` per message, and the EndoFed site runner, one warm process per
+SuperNode, in the same invocation):
 
 * ``overhead``: per round, ``1 - max(site train-seconds) / round-seconds`` from a run's
   ``metrics.csv`` (the share of the round the server spends waiting on anything but
@@ -138,17 +140,23 @@ def simulate(runs: Path, name: str, sites: int, rounds: int, images: int,
 
 
 def deploy(runs: Path, name: str, sites: int, rounds: int, images: int,
-           timeout: float) -> dict:
+           timeout: float, *, site_runner: bool = False, preset: str = "tiny") -> dict:
+    """A loopback deployment; ``site_runner``: SuperNodes in ``--isolation process``
+    with the EndoFed site runner (the app approved at every site)."""
     from endofed.shared.data.synthetic import write_sites
 
-    data = runs / f"{name}-data"
-    write_sites(data, sites=sites, images_per_site=images, seed=1, size=96)
-    nodes = [{"data-path": str(data / f"site_{i + 1}"), "site-name": f"hosp-{i + 1}"}
-             for i in range(sites)]
-    cfg = {**SMALL_RUN, "num-server-rounds": rounds, "runs-dir": str(runs), "run-name": name,
-           "min-train-nodes": sites, "min-evaluate-nodes": sites,
+    data = runs / "deploy-data"
+    if not (data / f"site_{sites}").exists():
+        write_sites(data, sites=sites, images_per_site=images, seed=1, size=96)
+    nodes = [{"data-path": str(data / f"site_{i + 1}"), "site-name": f"hosp-{i + 1}",
+              "threads": 1} for i in range(sites)]  # the site's own threads (= run's)
+    cfg = {**SMALL_RUN, "preset": preset, "num-server-rounds": rounds, "runs-dir": str(runs),
+           "run-name": name, "min-train-nodes": sites, "min-evaluate-nodes": sites,
            "min-available-nodes": sites}
-    rt = LocalDeployment(REPO, sites=nodes, log_dir=runs / name / "logs")
+    rt = LocalDeployment(REPO, sites=nodes, log_dir=runs / name / "logs",
+                         site_runner=site_runner)
+    if site_runner:
+        rt.approve_app()
     return _run(rt, cfg, timeout)
 
 
@@ -159,7 +167,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None,
                         help="model input size for --bytes (default: each preset's)")
     parser.add_argument("--simulate", action="store_true", help="time a 3-site simulation")
-    parser.add_argument("--deploy", action="store_true", help="time a 3-site deployment")
+    parser.add_argument("--deploy", action="store_true",
+                        help="time a 3-site deployment, default isolation and site runner")
+    parser.add_argument("--deploy-preset", default="tiny", metavar="NAME",
+                        help="model preset of the --deploy runs (default: %(default)s)")
+    parser.add_argument("--deploy-variants", default="default,site-runner", metavar="LIST",
+                        help="which --deploy variants to run, comma-separated "
+                        "(default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--images", type=int, default=10, help="images per site")
     parser.add_argument("--run-dir", type=Path, nargs="*", default=[],
@@ -187,8 +201,17 @@ def main() -> None:
         run = simulate(work, "sim", 3, args.rounds, args.images, 1800)
         overhead["simulation"] = {**run, **(overhead_of(work / "sim") if run["ok"] else {})}
     if args.deploy:
-        run = deploy(work, "deploy", 3, args.rounds, args.images, 2400)
-        overhead["deployment"] = {**run, **(overhead_of(work / "deploy") if run["ok"] else {})}
+        variants = [v.strip() for v in args.deploy_variants.split(",") if v.strip()]
+        unknown = set(variants) - {"default", "site-runner"}
+        if unknown:
+            parser.error(f"--deploy-variants: unknown {sorted(unknown)}")
+        for variant in variants:
+            name = "deploy" if variant == "default" else "deploy-runner"
+            run = deploy(work, name, 3, args.rounds, args.images, 2400,
+                         site_runner=variant == "site-runner", preset=args.deploy_preset)
+            key = "deployment" if variant == "default" else "deployment_site_runner"
+            overhead[key] = {**run, "preset": args.deploy_preset,
+                             **(overhead_of(work / name) if run["ok"] else {})}
     for rd in args.run_dir:
         overhead[str(rd)] = overhead_of(rd)
     if overhead:
