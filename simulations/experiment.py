@@ -42,6 +42,7 @@ from endofed.server.strategies import build_strategy
 from endofed.shared.build import dataset_for, loader_for, model_for
 from endofed.shared.config import EndoFedConfig
 from endofed.shared.engine import Trainer, configure_threads, resolve_device
+from endofed.shared.metrics.tracking import metric_name, open_tracker, scalar
 from endofed.shared.model import load_model_checkpoint, save_checkpoint
 from endofed.shared.util.atomic import atomic_write_json
 from endofed.simulations.central import pooled_records, train_central
@@ -230,6 +231,7 @@ class ArmRunner:
         model = load_model_checkpoint(result.model_path)
         rows = result_rows(job.arm.name, dp_label(0), job.seed, "global",
                            self.evaluate(model, cfg))
+        self.track_results(job, cfg, result.out_dir, rows, kind="central")
         return {"rows": rows, "run_dir": str(result.out_dir)}
 
     def local(self, job: Job) -> dict[str, Any]:
@@ -238,6 +240,7 @@ class ArmRunner:
         configure_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)
         rows: list[dict[str, Any]] = []
+        tracker = self.tracker(job, cfg, self.arm_dir(job), kind="local")
         for site in self.sites:
             d = self.arm_dir(job) / site.name
             path = d / "model.pt"
@@ -247,14 +250,20 @@ class ArmRunner:
                 train_set = dataset_for(site.train, cfg, train=True)
                 log.info("local %s: %d training images, %d epochs on %s", site.name,
                          len(train_set), cfg.train.epochs, device)
-                Trainer(model, cfg.train, device=device, progress=self.spec.progress).fit(
+                fit = Trainer(model, cfg.train, device=device, progress=self.spec.progress).fit(
                     loader_for(train_set, cfg, shuffle=True), checkpoint_dir=d / "checkpoints",
                     resume=True, desc=f"local {site.name}",
                 )
+                for e in fit.epochs:  # this site's training loss per epoch
+                    tracker.log_metrics({f"{metric_name(site.name)}/{k}": v for k, v in (
+                        ("loss", e.loss), ("cls", e.cls), ("reg", e.reg), ("seg", e.seg),
+                        ("images_per_s", e.images_per_second))}, step=e.epoch + 1)
                 save_checkpoint(path, model, extra={"class_names": list(cfg.data.class_names)})
             model = load_model_checkpoint(path)
             rows += result_rows(job.arm.name, dp_label(0), job.seed, site.name,
                                 self.evaluate(model, cfg))
+        log_results(tracker, rows, step=cfg.train.epochs)
+        tracker.close()
         return {"rows": rows, "run_dir": str(self.arm_dir(job))}
 
     def federated(self, job: Job) -> dict[str, Any]:
@@ -294,4 +303,42 @@ class ArmRunner:
         eps = epsilon_spent(run_dir) if job.dp > 0 else float("nan")
         rows = result_rows(job.arm.name, dp_label(job.dp), job.seed, "global",
                            self.evaluate(model, cfg), epsilon=eps)
+        self.track_results(job, spec.config(job.seed, preprocess=job.arm.preprocess,
+                                            **{"dp-epsilon": job.dp}),
+                           run_dir, rows, kind="federated")
         return {"rows": rows, "run_dir": str(run_dir)}
+
+    def tracker(self, job: Job, cfg: EndoFedConfig, run_dir: Path, *, kind: str,
+                params: bool = True):
+        """The job's tracking run (``--track``; a no-op without), tagged with the arm."""
+        tracker = open_tracker(
+            cfg.federation.tracking, run_dir, run_name=job.run_name,
+            tracking_dir=cfg.federation.tracking_dir,
+            tags={"kind": kind, "arm": job.arm.name, "dp-epsilon": job.dp, "seed": job.seed},
+        )
+        if params:
+            tracker.log_params(cfg.to_mapping())
+        return tracker
+
+    def track_results(self, job: Job, cfg: EndoFedConfig, run_dir: Path,
+                      rows: list[dict[str, Any]], *, kind: str) -> None:
+        """Add the grid's evaluation of the job's model (its ``results.csv`` rows) to
+        the tracking run its training opened (MLflow finds it by the run directory)."""
+        if cfg.federation.tracking == "none":
+            return
+        tracker = self.tracker(job, cfg, run_dir, kind=kind, params=False)  # logged: training
+        log_results(tracker, rows, step=self.spec.rounds)
+        tracker.close()
+
+
+def log_results(tracker: Any, rows: list[dict[str, Any]], *, step: int) -> None:
+    """``results.csv`` rows as ``eval/<eval site>/<metric>`` (``eval/<model>/...`` for
+    a local arm's per-hospital models)."""
+    metrics: dict[str, float] = {}
+    for row in rows:
+        prefix = "eval" if row["model"] == "global" else f"eval/{row['model']}"
+        for key, value in row.items():
+            number = scalar(value) if key not in ("seed",) else None
+            if number is not None:
+                metrics[metric_name(f"{prefix}/{row['eval_site']}/{key}")] = number
+    tracker.log_metrics(metrics, step=step)

@@ -81,7 +81,7 @@ def test_central_tensorboard_scalars_equal_train_history(site, tmp_path, capsys)
         for step, value in by_epoch.items():  # event files hold float32
             assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-7), (tag, step)
     # settings as text; TensorBoard keeps no artifacts, and no MLflow store was made
-    assert "settings" in acc.Tags()["tensors"]
+    assert "settings/text_summary" in acc.Tags()["tensors"]
     assert not (out / "mlruns").exists()
 
 
@@ -151,7 +151,9 @@ def test_simulation_mlflow_params_and_round_metrics_equal_metrics_csv(mlflow_fed
         for col in df.columns[2:]:
             value = pd.to_numeric(row[col], errors="coerce")
             if pd.notna(value) and math.isfinite(float(value)):
-                expected.setdefault(f"{row['site']}/{col}", {})[int(row["round"])] = float(value)
+                # MLflow keys allow letters, digits and _-. /: 'loc@0.5' is 'loc_0.5'
+                name = f"{row['site']}/{col}".replace("@", "_")
+                expected.setdefault(name, {})[int(row["round"])] = float(value)
     assert {"global/map50", "global/dice", "site_1/train-loss", "global/sites-aggregated"} \
         <= set(expected)
     assert set(run.data.metrics) == set(expected)
@@ -174,25 +176,36 @@ def test_simulation_mlflow_params_and_round_metrics_equal_metrics_csv(mlflow_fed
 
 def test_grid_keeps_one_store_with_one_tagged_run_per_arm_and_seed(tmp_path, capsys):
     out = tmp_path / "grid"
-    code = main(["simulate", "--out", str(out), "--arms", "central", "--sites", "2",
-                 "--rounds", "1", "--preset", "tiny", "--image-size", "64",
-                 "--images-per-site", "8", "--batch-size", "4", "--seeds", "0,1",
-                 "--threads", "1", "--no-progress", "--track", "mlflow"])
+    argv = ["simulate", "--out", str(out), "--arms", "central,local", "--sites", "2",
+            "--rounds", "1", "--preset", "tiny", "--image-size", "64",
+            "--images-per-site", "8", "--batch-size", "4", "--seeds", "0,1",
+            "--threads", "1", "--no-progress"]
+    code = main([*argv, "--track", "mlflow"])
     assert code == 0, capsys.readouterr().err
     client = _mlflow_client(out / "mlruns")
     exp = client.get_experiment_by_name(out.name)
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"central_none_0", "central_none_1"}
-    assert {r.data.tags["seed"] for r in runs.values()} == {"0", "1"}
-    assert all(r.data.tags["kind"] == "central" for r in runs.values())
+    assert set(runs) == {"central_none_0", "central_none_1", "local_none_0", "local_none_1"}
+    for name, run in runs.items():
+        arm, _, seed = name.split("_")
+        assert run.data.tags["arm"] == arm and run.data.tags["seed"] == seed, name
+        assert run.data.tags["kind"] == arm and run.info.status == "FINISHED"
+    # the grid's evaluation of each model is in its run, equal to results.csv
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2 * 3 + 2 * 2 * 3  # central: 1 model, local: 2; 3 eval sites
+    for _, row in results.iterrows():
+        run = runs[f"{row['arm']}_none_{row['seed']}"]
+        prefix = "eval" if row["model"] == "global" else f"eval/{row['model']}"
+        for metric in ("map50", "dice", "num_images"):
+            if pd.notna(row[metric]):
+                got = run.data.metrics[f"{prefix}/{row['eval_site']}/{metric}"]
+                assert got == pytest.approx(float(row[metric])), (row["arm"], metric)
+    local = runs["local_none_0"].data.metrics
+    assert {"site_1/loss", "site_2/loss"} <= set(local)
     # tracking is not a setting that changes results: the grid resumes without it
     settings = json.loads((out / "experiment.json").read_text())
     assert "tracking" not in settings["extra_config"]
-    code = main(["simulate", "--out", str(out), "--arms", "central", "--sites", "2",
-                 "--rounds", "1", "--preset", "tiny", "--image-size", "64",
-                 "--images-per-site", "8", "--batch-size", "4", "--seeds", "0,1",
-                 "--threads", "1", "--no-progress"])
-    assert code == 0, capsys.readouterr().err
+    assert main(argv) == 0, capsys.readouterr().err
 
 
 def test_grid_federated_arms_get_the_grid_store(tmp_path):
