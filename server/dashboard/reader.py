@@ -55,6 +55,8 @@ CURVE_METRICS = ("map50", "dice_lesion", "auc", "op_threshold", "train-loss", "e
 STATUS_NAMES = {"trained": "replied", "declined": "declined", "refused": "refused",
                 "offline": "failed"}
 
+#: metrics.csv flags of a site that did not contribute (server/progress.py).
+_FLAG_COLUMNS = ("declined", "rejected", "unavailable", "missing")
 _PROGRESS_RE = re.compile(re.escape(PROGRESS_MARKER) + r"(\d+)/(\d+)")
 _RESUME_RE = re.compile(r"resuming run (\S+) from its checkpoint after round (\d+)")
 
@@ -84,11 +86,16 @@ class FileCache:
     def __init__(self, max_entries: int = 256) -> None:
         self._data: OrderedDict[tuple[str, str], tuple[tuple[int, int], Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Thread] = {}
         self.max_entries = max_entries
 
-    def get(self, path: Path, kind: str, parse: Callable[[Path], Any], default: Any = None
-            ) -> Any:
-        """``parse(path)`` unless the file is unchanged since it was last parsed."""
+    def get(self, path: Path, kind: str, parse: Callable[[Path], Any], default: Any = None,
+            *, background: bool = False) -> Any:
+        """``parse(path)`` unless the file is unchanged since it was last parsed.
+
+        ``background``: a changed or new file is parsed in a thread and the previous
+        value (or ``default``) returned meanwhile, so a slow parse never holds up a page.
+        """
         stamp = _stamp(path)
         if stamp is None:
             return default
@@ -98,6 +105,25 @@ class FileCache:
             if hit is not None and hit[0] == stamp:
                 self._data.move_to_end(key)
                 return hit[1]
+            if background:
+                if key not in self._loading:
+                    worker = threading.Thread(
+                        target=self._load, args=(path, key, stamp, parse, default),
+                        name="dashboard-parse", daemon=True)
+                    self._loading[key] = worker
+                    worker.start()
+                return hit[1] if hit is not None else default
+        return self._load(path, key, stamp, parse, default)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Until the background parses running now have finished (for tests)."""
+        with self._lock:
+            workers = list(self._loading.values())
+        for w in workers:
+            w.join(timeout)
+
+    def _load(self, path: Path, key: tuple[str, str], stamp: tuple[int, int],
+              parse: Callable[[Path], Any], default: Any) -> Any:
         try:
             value = parse(path)
         except Exception as exc:  # noqa: BLE001 - one unreadable file must not break a page
@@ -108,6 +134,7 @@ class FileCache:
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
+            self._loading.pop(key, None)
         return value
 
 
@@ -161,9 +188,10 @@ class RunsReader:
     """Everything the dashboard shows about the runs below ``runs_dir`` (read-only)."""
 
     def __init__(self, runs_dir: Path | None, *, cache: FileCache | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, background: bool = True) -> None:
         self.runs_dir = Path(runs_dir).resolve() if runs_dir is not None else None
         self.cache = cache or FileCache()
+        self.background = background
         self.clock = clock
         self._listing: tuple[float, list[RunInfo]] = (0.0, [])
         self._lock = threading.Lock()
@@ -224,8 +252,13 @@ class RunsReader:
         return df
 
     def stored_state(self, run: RunInfo) -> dict[str, Any]:
-        """Run config and events from ``checkpoints/last.pt`` ({} if missing/unreadable)."""
-        return self.cache.get(run.path / "checkpoints" / LAST, "state", _read_state, {}) or {}
+        """Run config and events from ``checkpoints/last.pt`` ({} if missing/unreadable).
+
+        Parsed in the background (a long run's checkpoint carries its whole history and
+        takes a few hundred ms to unpickle safely): until then the previous round's
+        state, or {} (events then come from the flags in ``metrics.csv``)."""
+        return self.cache.get(run.path / "checkpoints" / LAST, "state", _read_state, {},
+                              background=self.background) or {}
 
     def progress_lines(self, run: RunInfo) -> list[str]:
         text = self.cache.get(run.path / "progress.log", "text", _read_text, "") or ""
@@ -266,6 +299,8 @@ class RunsReader:
             "has_final_model": (run.path / FINAL_MODEL).is_file(),
             "has_report": (run.path / "report.md").is_file(),
             "headline": headline,
+            # changes whenever the live part of the run page should be re-rendered
+            "version": f"{rounds_done}|{status}|{len(self.events(run))}",
         }
 
     def _newest(self, run: RunInfo) -> float:
@@ -302,17 +337,32 @@ class RunsReader:
         return "failed", (f"stopped after round {done} of {total if total else '?'}: no file "
                           f"changed for {age / 60:.0f} min and no final model")
 
+    def _derived(self, run: RunInfo, kind: str, build: Callable[[RunInfo], Any]) -> Any:
+        """``build(run)``, recomputed only when ``metrics.csv`` changed."""
+        csv = run.path / "metrics.csv"
+        if not csv.exists():
+            return build(run)
+        return self.cache.get(csv, kind, lambda _p: build(run), None)
+
     def sites(self, run: RunInfo) -> list[dict[str, Any]]:
         """One row per site: this round's status, counts over all rounds, metrics, epsilon."""
+        return self._derived(run, "sites", self._sites) or []
+
+    def _sites(self, run: RunInfo) -> list[dict[str, Any]]:
         df = self.metrics(run)
         if df.empty:
             return []
-        df = df[df["site"].astype(str) != "global"]
-        last_round = int(self.metrics(run)["round"].max())
+        last_round = int(df["round"].max())
+        keep = ["round", "site", *[c for c in (*_FLAG_COLUMNS, "num-examples", "train-loss",
+                                               "epsilon-spent", "epsilon-target",
+                                               *SITE_METRICS) if c in df.columns]]
+        by_site: dict[str, list[dict[str, Any]]] = {}
+        for rec in df[list(dict.fromkeys(keep))].to_dict("records"):
+            if str(rec["site"]) != "global":
+                by_site.setdefault(str(rec["site"]), []).append(rec)
         rows = []
-        for site, part in df.groupby(df["site"].astype(str), sort=True):
-            part = part.sort_values("round")
-            records = part.to_dict("records")
+        for site in sorted(by_site):
+            records = sorted(by_site[site], key=lambda r: int(r["round"]))
             counts = {name: 0 for name in STATUS_NAMES.values()}
             for rec in records:
                 for key, n in round_counts([rec]).items():
@@ -337,22 +387,21 @@ class RunsReader:
         return rows
 
     def events(self, run: RunInfo) -> list[dict[str, Any]]:
-        """Drops, declines, refusals (from the run checkpoint, else from the metrics
-        flags) and resumes (from the server's logs), in round order."""
-        stored = self.stored_state(run).get("events")
-        if stored:
-            events = [{"round": e.get("round"), "site": str(e.get("site", "")),
-                       "event": str(e.get("event", "")), "reason": str(e.get("reason", ""))}
-                      for e in stored]
-        else:
-            events = []
-            df = self.metrics(run)
-            for flag in ("declined", "rejected", "unavailable", "missing"):
-                if flag in df.columns:
-                    for rec in df[pd.to_numeric(df[flag], errors="coerce") > 0].to_dict(
-                            "records"):
-                        events.append({"round": int(rec["round"]), "site": str(rec["site"]),
-                                       "event": flag, "reason": "(from metrics.csv)"})
+        """Drops, declines, refusals (from the run checkpoint; rounds it does not cover
+        yet from the flags in ``metrics.csv``) and resumes (the server's logs), by round."""
+        state = self.stored_state(run)
+        upto = int(state.get("round", 0)) if state else 0  # rounds the checkpoint covers
+        events = [{"round": e.get("round"), "site": str(e.get("site", "")),
+                   "event": str(e.get("event", "")), "reason": str(e.get("reason", ""))}
+                  for e in state.get("events", [])]
+        df = self.metrics(run)
+        later = df[df["round"] > upto] if not df.empty else df
+        for flag in _FLAG_COLUMNS:  # rounds newer than the parsed checkpoint
+            if flag in later.columns:
+                hit = later[pd.to_numeric(later[flag], errors="coerce") > 0]
+                for rnd, site in zip(hit["round"], hit["site"].astype(str)):
+                    events.append({"round": int(rnd), "site": site, "event": flag,
+                                   "reason": "(reason in the next checkpoint read)"})
         logs = run.path / "logs"
         if logs.is_dir():
             for path in sorted(logs.glob("*.log")):
@@ -364,6 +413,9 @@ class RunsReader:
 
     def curves(self, run: RunInfo) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """``{metric: {site or 'global': [(round, value), ...]}}`` for the curve metrics."""
+        return self._derived(run, "curves", self._curves) or {}
+
+    def _curves(self, run: RunInfo) -> dict[str, dict[str, list[tuple[int, float]]]]:
         df = self.metrics(run)
         out: dict[str, dict[str, list[tuple[int, float]]]] = {}
         if df.empty:

@@ -66,7 +66,8 @@ def test_round_counter_advances_while_the_run_goes_on(browser, tmp_path: Path) -
         writer.join()
         # the live part (charts, site table, events) was re-rendered for round 3
         _wait_text(browser, "#live section:nth-of-type(2) h2", lambda t: "round 3" in t)
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")) == 3
+        WebDriverWait(browser, 30).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr")) == 3)
         assert _text(browser, "#status-reason").startswith("round 3 of 4")
         run.add_round()
         run.finish(report=False)
@@ -152,15 +153,15 @@ def test_real_simulation_live_then_declined_dp_site(browser, tmp_path: Path) -> 
             assert seen >= {"2"} and len(seen) == 2  # it advanced while we watched
             assert proc.wait(timeout=900) == 0, proc.stdout.read()
             _wait_text(browser, "#run-status", lambda t: t == "finished", 60)
-            declined = [c.text for c in browser.find_elements(
-                By.CSS_SELECTOR, 'tr[data-site="site_2"] td')]
+            browser.refresh()  # the finished page, not a live fragment being swapped in
+            declined = [c.text for c in WebDriverWait(browser, 30).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-site="site_2"] td'))]
             assert declined[1] == "declined" and declined[3] == "3"
             trained = [c.text for c in browser.find_elements(
                 By.CSS_SELECTOR, 'tr[data-site="site_1"] td')]
             assert trained[1] == "replied" and trained[-1].endswith("/ 8.00")
             assert browser.find_elements(By.CSS_SELECTOR, "#events tr.ev-declined")
             assert browser.find_elements(By.CSS_SELECTOR, 'svg.chart[data-metric="map50"]')
-            browser.refresh()
             WebDriverWait(browser, 30).until(
                 lambda d: _image_loaded(d, '.figures img[alt="rounds.png"]'))
     finally:

@@ -23,8 +23,7 @@ function setStatus(el, status) {
 }
 
 function runPage(root) {
-  let round = parseInt(root.dataset.round, 10);
-  let status = root.dataset.status;
+  let version = root.dataset.version;
   let busy = false;
   async function refreshLive() {
     const r = await fetch(root.dataset.live, {credentials: "same-origin"});
@@ -44,11 +43,11 @@ function runPage(root) {
       setStatus(document.getElementById("run-status"), s.status);
       document.getElementById("status-reason").textContent = s.status_reason;
       document.getElementById("progress-line").textContent = s.progress_line;
-      if (s.round !== round || s.status !== status) {
-        round = s.round;
-        status = s.status;
-        root.dataset.round = round;
-        root.dataset.status = status;
+      if (s.version !== version) {  // a new round, status or event: re-render
+        version = s.version;
+        root.dataset.version = version;
+        root.dataset.round = s.round;
+        root.dataset.status = s.status;
         await refreshLive();
       }
     } catch (e) {
