@@ -134,7 +134,7 @@ def test_modified_app_is_refused_before_its_code_runs(
     assert "site refused the app: hosp-2" in result.stdout + result.stderr
     df = pd.read_csv(runs / "refused" / "metrics.csv")
     assert int(df[df.site == "global"]["sites-aggregated"].iloc[0]) == 1
-    assert set(df[df["train-loss"].notna()].site) == {"hosp-1"}
+    assert set(df[df["train-loss"].notna()].site) == {"global", "hosp-1"}
     refused = AuditTrail(states[1] / AUDIT_TRAIL_NAME).entries()
     assert refused and {e["outcome"] for e in refused} == {"refused"}
     assert {e["app_hash"] for e in refused} == {bad}
