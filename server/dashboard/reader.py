@@ -18,12 +18,15 @@ from __future__ import annotations
 import io
 import logging
 import math
+import multiprocessing
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,11 +157,31 @@ def _read_text(path: Path) -> str:
     return read_bytes(path).decode("utf-8", errors="replace")
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _state_of(path: Path) -> dict[str, Any]:
     payload = load_checkpoint(path)  # weights_only: no code from the file runs
     return {"run_config": dict(payload.get("run_config") or {}),
             "events": list(payload.get("events") or []),
             "round": int(payload.get("round", 0))}
+
+
+_POOL: ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """:func:`_state_of` in a helper process: unpickling a long run's checkpoint holds
+    the GIL for a few hundred ms, which would stall every page served meanwhile."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=1,
+                                        mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return _POOL.submit(_state_of, path).result(timeout=300)
+    except BrokenProcessPool:
+        with _POOL_LOCK:
+            _POOL = None
+        raise
 
 
 def _read_json(path: Path) -> Any:
