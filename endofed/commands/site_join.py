@@ -221,7 +221,7 @@ def site_node_config(args: argparse.Namespace) -> tuple[dict[str, str | float | 
                 f"-c {key}: not a site-owned setting; a site sets "
                 + ", ".join(k for k in SITE_SETTING_KEYS if k != "state-dir"))
         node[key] = _literal(value)
-    flags: set[str] = set()
+    flags: set[str] = {"state-dir"} if args.state_dir is not None else set()
     for dest, key in SETTING_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
