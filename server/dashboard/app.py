@@ -55,6 +55,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return fmt_value(value, digits)
 
 
+def _when(value: Any) -> str:
+    """An ISO 8601 time as ``2026-12-02 10:06:40`` (UTC kept as written; '' for none)."""
+    if not value:
+        return ""
+    text = str(value).replace("T", " ")
+    return re.sub(r"(\d{2}:\d{2}:\d{2})(\.\d+)?(\+00:00|Z)?$",
+                  lambda m: m[1] + (" UTC" if m[3] else ""), text)
+
+
 def create_app(
     runs_dir: Path | None,
     *,
@@ -77,6 +86,7 @@ def create_app(
         app.middleware("http")(token_middleware(token))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
+    env.filters["when"] = _when
     env.globals.update(run_url=run_url, fmt=_fmt, label=metric_label,
                        site_page=site_dir is not None, runs_page=runs_dir is not None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -113,7 +123,8 @@ def create_app(
     def live_context(run: RunInfo) -> dict[str, Any]:
         return {"run": reader.summary(run), "sites": reader.sites(run),
                 "events": reader.events(run), "charts": charts(run), "legend": legend(run),
-                "figures": [f for f in FIGURES if (run.path / f).is_file()]}
+                "figures": [f for f in FIGURES if (run.path / f).is_file()],
+                "models": reader.models(run)}
 
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse)
@@ -168,7 +179,7 @@ def create_app(
     @app.get("/runs/{run_id:path}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         run = get_run(run_id)
-        return page(request, "run.html", models=reader.models(run), **live_context(run))
+        return page(request, "run.html", **live_context(run))
 
     # ------------------------------------------------------------------ JSON API
     @app.get("/api/health")

@@ -131,12 +131,8 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    """Headless Chromium through chromedriver (``make test`` installs both when missing)."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: run `make browser` (apt-get "
-                    "install chromium chromium-driver)")
+def make_driver():  # -> selenium WebDriver
+    """Headless Chromium through chromedriver (Debian's packages)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -147,6 +143,16 @@ def browser() -> Iterator[object]:
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Headless Chromium (``make test`` installs chromium + chromium-driver when missing)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: run `make browser` (apt-get "
+                    "install chromium chromium-driver)")
+    driver = make_driver()
     try:
         yield driver
     finally:

@@ -65,7 +65,7 @@ def test_round_counter_advances_while_the_run_goes_on(browser, tmp_path: Path) -
         _wait_text(browser, "#round-counter", lambda t: t == "3", timeout=30)
         writer.join()
         # the live part (charts, site table, events) was re-rendered for round 3
-        _wait_text(browser, "#live section:nth-of-type(2) h2", lambda t: "round 3" in t)
+        _wait_text(browser, "#site-table h2", lambda t: "round 3" in t)
         WebDriverWait(browser, 30).until(
             lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr")) == 3)
         assert _text(browser, "#status-reason").startswith("round 3 of 4")
@@ -73,6 +73,7 @@ def test_round_counter_advances_while_the_run_goes_on(browser, tmp_path: Path) -
         run.finish(report=False)
         _wait_text(browser, "#run-status", lambda t: t == "finished", timeout=30)
         assert _text(browser, "#round-counter") == "4"
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "download-final"))
 
 
 def test_finished_run_shows_the_declined_site_and_plots(browser, runs_dir: Path) -> None:
