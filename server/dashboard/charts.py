@@ -97,7 +97,8 @@ def line_chart(
         out.append(f'<line class="target" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" '
                    f'y2="{y:.1f}" stroke="{colours.get(name, "#777")}">'
                    f"<title>{escape(name)} target {value:g}</title></line>")
-    for name, pts in series.items():
+    # the global model last, on top of the sites
+    for name, pts in sorted(series.items(), key=lambda kv: kv[0] == "global"):
         colour = "#111" if name == "global" else colours.get(name, "#777")
         width = 2.4 if name == "global" else 1.4
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)

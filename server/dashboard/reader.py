@@ -323,7 +323,8 @@ class RunsReader:
             "has_report": (run.path / "report.md").is_file(),
             "headline": headline,
             # changes whenever the live part of the run page should be re-rendered
-            "version": f"{rounds_done}|{status}|{len(self.events(run))}",
+            "version": f"{rounds_done}|{status}|{len(self.events(run))}|"
+                       f"{self.stored_state(run).get('round', '-')}",
         }
 
     def _newest(self, run: RunInfo) -> float:
@@ -424,7 +425,7 @@ class RunsReader:
                 hit = later[pd.to_numeric(later[flag], errors="coerce") > 0]
                 for rnd, site in zip(hit["round"], hit["site"].astype(str)):
                     events.append({"round": int(rnd), "site": site, "event": flag,
-                                   "reason": "(reason in the next checkpoint read)"})
+                                   "reason": "(reason being read from the checkpoint)"})
         logs = run.path / "logs"
         if logs.is_dir():
             for path in sorted(logs.glob("*.log")):
@@ -449,6 +450,8 @@ class RunsReader:
             values = pd.to_numeric(df[metric], errors="coerce")
             series: dict[str, list[tuple[int, float]]] = {}
             for site, rnd, v in zip(df["site"].astype(str), df["round"], values):
+                if metric == "epsilon-spent" and site == "global":
+                    continue  # the aggregate of the sites' epsilons is no site's budget
                 if pd.notna(v) and math.isfinite(float(v)):
                     series.setdefault(site, []).append((int(rnd), float(v)))
             if series:

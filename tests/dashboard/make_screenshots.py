@@ -54,8 +54,11 @@ def main() -> None:
     try:
         with LiveServer(create_app(args.runs, site_dir=args.state)) as srv:
             driver.get(f"{srv.url}/runs/{run}")
-            time.sleep(3)  # the checkpoint's events are read in the background
-            driver.get(f"{srv.url}/runs/{run}")
+            for _ in range(120):  # the checkpoint's events are read in the background
+                time.sleep(1)
+                if "being read" not in driver.find_element(By.ID, "live").text:
+                    break
+            time.sleep(2)
             _shoot(driver, args.out / "dashboard-run.png")
             driver.set_window_size(1280, 1000)
             driver.get(f"{srv.url}/cases?run={run}")
