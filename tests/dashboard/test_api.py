@@ -203,3 +203,14 @@ def test_resume_events_from_the_server_log(tmp_path: Path) -> None:
     assert events == [{"round": 2, "site": "global", "event": "resumed",
                        "reason": "run r resumed from its checkpoint after round 1 "
                                  "(run-2.stdout.log)"}]
+
+
+def test_model_cache_is_bounded_and_reuses_models(client: TestClient) -> None:
+    cache = client.app.state.models
+    run = client.app.state.reader.run(RUN)
+    first = cache.predictor(run, "final_model")
+    assert cache.predictor(run, "final_model") is first  # loaded once
+    for key in ("round-1", "round-2", "round-3"):
+        cache.predictor(run, key)
+    assert len(cache) == cache.max_models == 3
+    assert cache.predictor(run, "final_model") is not first  # the oldest was dropped
