@@ -18,12 +18,21 @@ from dataclasses import dataclass
 import httpx
 from flwr.app import Context, Message
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, SubStatus
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
     SendTaskHeartbeatRequest,
 )
 from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
@@ -32,15 +41,17 @@ from flwr.supercore.interceptors import (
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import (
-    pull_task_input,
-    push_message,
-    push_task_output,
-)
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 log = logging.getLogger(__name__)
 
 _ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
+# The SuperNode creates the task before it has fetched the message's objects from the
+# SuperLink; Flower's defaults retry an object that is not there yet after 1, 2, 4...
+# up to 10 s. The runner is waiting for nothing else, so it asks again sooner.
+PULL_INITIAL_BACKOFF = 0.05
+PULL_BACKOFF_CAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -165,8 +176,32 @@ class TaskSession:
                 return
 
     def pull_input(self) -> TaskInput:
-        """The task's message, context, run and FAB (bytes only, never unpacked here)."""
-        message, context, run, fab = pull_task_input(self.client)
+        """The task's message, context, run and FAB (bytes only, never unpacked here).
+
+        As Flower's ``run_clientapp.pull_task_input``, with a short retry for objects
+        the SuperNode is still fetching.
+        """
+        res = self.client.PullTaskInput(PullTaskInputRequest())
+        TaskIdentity.task_id = res.task_id
+        TaskIdentity.run_id = res.run.run_id
+        TaskIdentity.node_id = res.context.node_id
+        context = context_from_proto(res.context)
+        run = run_from_proto(res.run)
+        fab = fab_from_proto(res.fab)
+        msgs = self.client.PullMessages(PullAppMessagesRequest())
+        if not msgs.messages_list:
+            raise RuntimeError("the SuperNode has no message for this task")
+        node = Node(node_id=context.node_id)
+        tree = msgs.message_object_trees[0]
+        message = pull_and_inflate_object_from_tree(
+            tree,
+            make_pull_object_fn_protobuf(self.client.PullObject, node, context.run_id),
+            make_confirm_message_received_fn_protobuf(
+                self.client.ConfirmMessageReceived, node, context.run_id),
+            return_type=Message,
+            initial_backoff=PULL_INITIAL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP,
+        )
+        message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does
         return TaskInput(message=message, context=context, run=run, fab=fab)
 
     def push_reply(self, reply: Message, context: Context) -> None:
