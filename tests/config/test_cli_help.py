@@ -13,24 +13,12 @@ import pytest
 
 from endofed.cli import DEPRECATED_COMMANDS, _subparsers, build_parser, main
 
-#: Commands whose parser another helper is writing right now (owned by another helper):
-#: their findings are expected failures until that work lands. Keys are parser progs.
-OWNED_ELSEWHERE: frozenset[str] = frozenset({
-    "endofed site join",  # owned by another helper (endofed/commands/site_join.py)
-})
-
 PARSER = build_parser()
 PARSERS = [PARSER, *_subparsers(PARSER)]
 
 
 def _params(parsers: list[argparse.ArgumentParser]) -> list:
-    out = []
-    for p in parsers:
-        marks = []
-        if p.prog in OWNED_ELSEWHERE:
-            marks = [pytest.mark.xfail(reason="owned by another helper", strict=False)]
-        out.append(pytest.param(p, id=p.prog, marks=marks))
-    return out
+    return [pytest.param(p, id=p.prog) for p in parsers]
 
 
 def _visible(parser: argparse.ArgumentParser) -> list[argparse.Action]:
