@@ -16,7 +16,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from endofed.server.replies import site_of
+from endofed.server.replies import APP_REFUSED_REASON, error_reason, site_of
 from endofed.shared import protocol
 from endofed.shared.metrics import MetricAccumulator, flat_scalars
 from endofed.shared.metrics.operating_point import choose_operating_point
@@ -45,7 +45,12 @@ def merge_evaluation_replies(
     for msg in replies:
         site = site_of(msg)
         if msg.has_error():
-            log.warning("evaluate reply from %s failed: %s", site, msg.error.reason)
+            reason = error_reason(msg)
+            if reason == APP_REFUSED_REASON:  # the site runner refused this app bundle
+                log.warning("site refused the app: %s (node %d)", site,
+                            msg.metadata.src_node_id)
+            else:
+                log.warning("evaluate reply from %s failed: %s", site, reason)
             continue
         if STATE_KEY not in msg.content.array_records:
             log.warning("evaluate reply from %s carries no metric state; skipped", site)

@@ -122,3 +122,19 @@ def test_an_audit_refusal_keeps_its_detail_and_flower_errors_their_text():
     assert screened[1].site == "node-0"  # no name: the loop maps the node id
     assert site_of(_error_reply("site failed (details in the site's log) [site: /etc]")) \
         == "node-5"  # a path is never taken for a name
+
+
+def test_an_app_refusal_is_logged_as_such_for_train_and_evaluate(caplog):
+    """The site runner's 'app not approved' reads 'site refused the app: <site>' on both."""
+    import logging
+
+    from endofed.privacy.reply_policy import APP_NOT_APPROVED
+    from endofed.server.evaluation import merge_evaluation_replies
+
+    refused = _error_reply(refusal_reason(APP_NOT_APPROVED, "hosp-2"))
+    with caplog.at_level(logging.WARNING, logger="endofed.server"):
+        _, screened = screen_train_replies([refused], SHAPES)
+        merge_evaluation_replies([refused], class_names=["lesion"], morphology_names=[])
+    assert screened[0].reason == f"refused: {APP_NOT_APPROVED}" and not screened[0].declined
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines.count("site refused the app: hosp-2 (node 5)") == 2, lines
