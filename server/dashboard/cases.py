@@ -29,7 +29,6 @@ from endofed.server.dashboard.reader import RunInfo, RunsReader
 from endofed.shared.data.layouts._base import (
     MAX_FILE_BYTES,
     ImageReadError,
-    TooLargeError,
     header_size,
 )
 from endofed.shared.inference import Prediction, Predictor, render_overlay
@@ -77,9 +76,7 @@ def _decode_image(data: bytes) -> np.ndarray:
 def _decode_dicom(data: bytes, filename: str) -> np.ndarray:
     """The first frame of an in-memory DICOM file, with the site reader's header checks."""
     import pydicom
-    from pydicom.encaps import get_frame
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import convert_color_space, pixel_array
 
     from endofed.shared.data import dicom
 
@@ -87,24 +84,7 @@ def _decode_dicom(data: bytes, filename: str) -> np.ndarray:
         ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ImageReadError(f"not a readable DICOM file ({exc})".splitlines()[0]) from exc
-    head = dicom._check_header(Path(filename or "upload.dcm"), ds, group=False)
-    if "PixelData" not in ds:
-        raise ImageReadError("DICOM file without pixel data")
-    try:
-        if head.transfer_syntax == dicom.JPEG_BASELINE:
-            header_size(get_frame(ds.PixelData, 0, number_of_frames=head.frames))
-            arr = pixel_array(ds, index=0, raw=True, decoding_plugin="pillow")
-        else:
-            arr = pixel_array(ds, index=0, raw=True)
-    except (ImageReadError, TooLargeError):
-        raise
-    except Exception as exc:  # pydicom raises several types on damaged pixel data
-        raise ImageReadError(f"DICOM pixel data not decodable ({exc})".splitlines()[0]) from exc
-    if head.photometric == "MONOCHROME2":
-        arr = np.repeat(arr.reshape(head.rows, head.columns, 1), 3, axis=2)
-    elif head.photometric.startswith("YBR_FULL"):
-        arr = convert_color_space(arr, head.photometric, "RGB")
-    return np.ascontiguousarray(arr.reshape(head.rows, head.columns, 3), dtype=np.uint8)
+    return dicom.dataset_frame(ds, Path(filename or "upload.dcm"), 1)
 
 
 # ------------------------------------------------------------------------- rendering

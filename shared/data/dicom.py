@@ -26,6 +26,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,15 +157,24 @@ def _cached_dataset(file: str, mtime_ns: int, size: int):  # -> pydicom Dataset
 
 def read_frame(path: Path | str) -> np.ndarray:
     """Decode a DICOM file or frame path to RGB ``uint8 (H, W, 3)`` (see module doc)."""
-    from pydicom.encaps import get_frame
-    from pydicom.pixels import convert_color_space, pixel_array
-
     file, frame = split_frame_path(path)
     try:
         st = os.stat(file)
     except OSError as exc:
         raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from exc
     ds = _cached_dataset(str(file), st.st_mtime_ns, st.st_size)
+    return dataset_frame(ds, file, frame)
+
+
+def dataset_frame(ds: Any, file: Path, frame: int = 1) -> np.ndarray:
+    """Frame ``frame`` (1-based) of a parsed dataset ``ds`` as RGB ``uint8 (H, W, 3)``.
+
+    The header is checked as the site scan checks it (``file`` names it in errors);
+    JPEG baseline frames pass the pixel cap before decoding.
+    """
+    from pydicom.encaps import get_frame
+    from pydicom.pixels import convert_color_space, pixel_array
+
     head = _check_header(file, ds, group=False)
     if frame > head.frames:
         raise ImageReadError(f"frame {frame} asked for, the file has {head.frames}")
