@@ -28,10 +28,10 @@ browser:
 	fi
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
