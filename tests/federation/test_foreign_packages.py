@@ -24,6 +24,7 @@ def _foreign_packages(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_round_runs_with_foreign_server_client_shared_first_on_the_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

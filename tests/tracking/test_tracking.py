@@ -128,6 +128,7 @@ def mlflow_federation(tmp_path_factory):
     return result.run_dir
 
 
+@pytest.mark.slow  # a real 2-round simulation (about 75 s)
 def test_simulation_mlflow_params_and_round_metrics_equal_metrics_csv(mlflow_federation):
     run_dir = mlflow_federation
     client = _mlflow_client(run_dir / "mlruns")
