@@ -11,10 +11,12 @@ All modes iterate the same Poisson loader (same seed, so the same batch sizes) o
 an in-memory synthetic data set of ``steps x batch-size`` images; time is per
 logical step, measured after one warm-up epoch. Prints one JSON document.
 
-Example::
+Examples::
 
     python benchmarks/bench_dp.py --presets cpu,paper --image-size cpu=128,paper=300 \
         --batch-size 8 --steps 3 --max-physical-batch-size 2
+    python benchmarks/bench_dp.py --presets lite0 --image-size 224 --finetune heads \
+        --batch-size 16 --steps 4 --max-physical-batch-size 16 --threads 2
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ def worker(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     max_boxes = 4
     args.image_size = int(args.image_size)
-    model = build_model(preset=args.preset, num_classes=1, image_size=args.image_size).to(device)
+    model = build_model(preset=args.preset, num_classes=1, image_size=args.image_size)
+    if args.finetune != "global":
+        model.set_finetune(args.finetune)  # frozen parts carry no grad-sample hooks
+    model = model.to(device)
     items = _synthetic_items(args.steps * args.batch_size, args.image_size, max_boxes, seed=1)
     rate = poisson_sample_rate(poisson_steps_per_epoch(len(items), args.batch_size))
     loader = make_poisson_loader(
@@ -137,6 +142,7 @@ def worker(args: argparse.Namespace) -> dict:
         "preset": args.preset,
         "mode": args.mode,
         "image_size": args.image_size,
+        "finetune": args.finetune,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "seconds_per_step": seconds / logical_steps,
         "images_per_second": images / seconds if seconds > 0 else 0.0,
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after warm-up")
     parser.add_argument("--max-physical-batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--finetune", default="global", choices=("global", "local", "heads"),
+                        help="what trains: everything, all but the backbone body, or the "
+                             "heads and mask decoder only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"--batch-size={args.batch_size}",
               f"--steps={args.steps}", f"--epochs={args.epochs}", f"--threads={args.threads}",
               f"--max-physical-batch-size={args.max_physical_batch_size}",
-              f"--device={args.device}"]
+              f"--device={args.device}", f"--finetune={args.finetune}"]
     runs = []
     for preset in [p for p in args.presets.split(",") if p]:
         for mode in [m for m in args.modes.split(",") if m]:
