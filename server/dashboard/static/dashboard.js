@@ -22,18 +22,26 @@ function setStatus(el, status) {
   el.className = "status " + status;
 }
 
+// A request that never answers (a dashboard restarted mid-request, a stalled proxy) must
+// not freeze the page: without a timeout `busy` would stay set and polling stop for good.
+const FETCH_TIMEOUT_MS = 10000;
+
+function fetchWithTimeout(url, options = {}) {
+  return fetch(url, {...options, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS)});
+}
+
 function runPage(root) {
   let version = root.dataset.version;
   let busy = false;
   async function refreshLive() {
-    const r = await fetch(root.dataset.live, {credentials: "same-origin"});
+    const r = await fetchWithTimeout(root.dataset.live, {credentials: "same-origin"});
     if (r.ok) document.getElementById("live").innerHTML = await r.text();
   }
   async function poll() {
     if (busy) return;
     busy = true;
     try {
-      const r = await fetch(root.dataset.summary, {credentials: "same-origin"});
+      const r = await fetchWithTimeout(root.dataset.summary, {credentials: "same-origin"});
       if (!r.ok) return;
       const s = await r.json();
       document.getElementById("round-counter").textContent = s.round;
