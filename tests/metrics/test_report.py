@@ -189,3 +189,29 @@ def test_report_files_are_replaced_atomically(tmp_path, eval_set) -> None:
     assert all((tmp_path / n).stat().st_ino != before[n] for n in names)  # renamed in
     assert report.read_text().startswith("# second")
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_headline_leads_with_the_verdict_at_the_models_threshold(tmp_path, eval_set) -> None:
+    """The headline's sensitivity / specificity are those of the stored threshold (the
+    verdict predict gives), not only the argmax's: a demo model read 1.00 / 0.00 at
+    0.5 in the headline while its threshold gave 0.80 / 1.00."""
+    from endofed.shared.metrics.operating_point import at_threshold
+
+    acc = MetricAccumulator(class_names=eval_set.class_names,
+                            morphology_names=eval_set.morphology_names)
+    acc.update(**eval_set.batch(slice(None)))
+    metrics = acc.compute()
+    metrics["operating_point"] = at_threshold(acc.state(), 0.8, rule="sensitivity:0.9").to_dict()
+    text = write_evaluation_report(metrics, tmp_path / "eval", title="t").read_text()
+    # independent reference: lesion probability = 1 - p(normal), lesion image = label != 0
+    lesion_prob = 1.0 - eval_set.image_probs[:, 0]
+    is_lesion = eval_set.image_labels != 0
+    sens = float(np.mean(lesion_prob[is_lesion] > 0.8))
+    spec = float(np.mean(lesion_prob[~is_lesion] <= 0.8))
+    headline = text.split("\n## ")[1]
+    at = "at the lesion threshold 0.8000 (rule `sensitivity:0.9`)"
+    rows = [ln for ln in headline.splitlines() if ln.startswith("| Sensitivity")
+            or ln.startswith("| Specificity")]
+    assert rows[0] == f"| Sensitivity (lesion vs normal) {at} | {sens:.4f} |"
+    assert rows[1] == f"| Specificity (lesion vs normal) {at} | {spec:.4f} |"
+    assert rows[2].startswith("| Sensitivity (lesion vs normal), argmax verdict (threshold 0.5) |")
