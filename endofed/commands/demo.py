@@ -71,6 +71,27 @@ def run(args: argparse.Namespace) -> int:
         num_cpus_per_client=1, timeout=1800,
     )
     print(f"done in {time.perf_counter() - t0:.0f}s")
+    summary = _global_summary(result.run_dir / "metrics.json")
+    if summary:
+        print(summary)
     print(f"metrics: {result.run_dir / 'metrics.csv'}")
     print(f"report:  {result.run_dir / 'report.md'}")
     return 0
+
+
+def _global_summary(metrics_json: Path) -> str:
+    """One line on the final global model: mAP, Dice and the verdict at its threshold."""
+    import json
+
+    try:
+        m = json.loads(metrics_json.read_text())
+    except (OSError, ValueError):
+        return ""
+    line = f"global model on the held-out images: mAP@0.5 {m.get('map50', float('nan')):.3f}"
+    if m.get("dice_lesion") is not None:
+        line += f", Dice (lesion images) {m['dice_lesion']:.3f}"
+    op = m.get("operating_point") or {}
+    if all(op.get(k) is not None for k in ("threshold", "sensitivity", "specificity")):
+        line += (f"; lesion when probability > {op['threshold']:g} (rule {op.get('rule')}): "
+                 f"sensitivity {op['sensitivity']:.2f}, specificity {op['specificity']:.2f}")
+    return line
