@@ -207,7 +207,8 @@ def _train_central(
                 )
         assert trainer is not None
         result = trainer.fit(loader, epochs=done + 1, checkpoint_dir=ckdir,
-                             resume=resume or done > 0, desc="central")
+                             resume=resume or done > 0, desc="central", of_epochs=total,
+                             announce_resume=done == 0)
         if private_ctx is not None and private is not None:
             privacy_row = private_ctx.finish(private)
         seconds += result.seconds

@@ -257,11 +257,16 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         resume: bool = True,
         desc: str = "train",
+        of_epochs: int | None = None,
+        announce_resume: bool = True,
     ) -> TrainResult:
         """Train for ``epochs`` (default ``config.epochs``), checkpointing each epoch.
 
         With ``checkpoint_dir`` and ``resume``, an existing checkpoint there restores
         model, optimiser, schedule and epoch counter, and training continues after it.
+        ``of_epochs`` is the total shown in the log ("epoch 4/10") when a caller fits
+        one epoch per call; ``announce_resume=False`` keeps such a caller's per-epoch
+        continuation out of the INFO log (it is not a resume after an interruption).
         """
         epochs = epochs or self.config.epochs
         steps_per_epoch = self.steps_per_epoch(loader)
@@ -273,7 +278,8 @@ class Trainer:
         ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
         if ckpt is not None and resume and ckpt.exists():
             start_epoch = self.load_checkpoint(ckpt, loader=loader)
-            log.info("resuming from %s after epoch %d", ckpt, start_epoch)
+            log.log(logging.INFO if announce_resume else logging.DEBUG,
+                    "resuming from %s after epoch %d", ckpt, start_epoch)
         result = TrainResult(resumed_from_epoch=start_epoch)
         t0 = time.perf_counter()
         for epoch in range(start_epoch, epochs):
@@ -281,7 +287,7 @@ class Trainer:
             result.epochs.append(stats)
             log.info(
                 "%s epoch %d/%d: loss %.4f (cls %.4f reg %.4f seg %.4f), %d images, %.1f img/s",
-                desc, epoch + 1, epochs, stats.loss, stats.cls, stats.reg, stats.seg,
+                desc, epoch + 1, of_epochs or epochs, stats.loss, stats.cls, stats.reg, stats.seg,
                 stats.images, stats.images_per_second,
             )
             if ckpt is not None:

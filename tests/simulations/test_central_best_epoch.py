@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_best_epoch_rule(values, expected):
     assert best_epoch(rows) == expected
 
 
-def test_model_pt_is_the_best_epoch_with_its_operating_point(tmp_path):
+def test_model_pt_is_the_best_epoch_with_its_operating_point(tmp_path, caplog):
     write_sites(tmp_path / "data", sites=1, images_per_site=12, seed=0, size=64)
     site = tmp_path / "data" / "site_1"
     cfg = EndoFedConfig.from_mapping({
@@ -43,7 +44,14 @@ def test_model_pt_is_the_best_epoch_with_its_operating_point(tmp_path):
         "threshold-rule": "sensitivity:0.9",
     })
     out = tmp_path / "central"
-    result = train_central(cfg, [site], out, progress=False)
+    with caplog.at_level(logging.INFO, logger="endofed.shared.engine.trainer"):
+        result = train_central(cfg, [site], out, progress=False)
+    # one epoch per fit call: the log counts against the whole run and does not read
+    # as a resume after an interruption
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [ln.split(":")[0] for ln in lines if " epoch " in ln] == [
+        "central epoch 1/3", "central epoch 2/3", "central epoch 3/3"]
+    assert not any("resuming" in ln for ln in lines)
 
     history = json.loads((out / "train_history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
